@@ -17,6 +17,8 @@ _PKG_CONFIG_LIBS = {
         "absl_flags",
         "absl_flags_parse",
         "absl_flags_usage",
+        "absl_flat_hash_map",
+        "absl_flat_hash_set",
         "absl_hash",
         "absl_random_random",
         "absl_random_distributions",
