@@ -71,6 +71,8 @@ def _system_libs_impl(ctx):
     name = "boringssl",
     hdrs = glob(["boringssl_include/openssl/*.h"]),
     includes = ["boringssl_include"],
+    # Lets tests assert that the BoringSSL build really compiled and linked BoringSSL.
+    defines = ["TRELLIS_TLS_BACKEND_BORINGSSL"],
     linkopts = [
         "-L{libdir}",
         "-Wl,-rpath,{libdir}",
