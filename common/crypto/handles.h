@@ -21,9 +21,9 @@ namespace trellis::crypto {
 template <typename T>
 struct Deleter;
 
-#define TRELLIS_DEFINE_DELETER(type, free_fn)     \
-  template <>                                     \
-  struct Deleter<type> {                          \
+#define TRELLIS_DEFINE_DELETER(type, free_fn)      \
+  template <>                                      \
+  struct Deleter<type> {                           \
     void operator()(type* p) const { free_fn(p); } \
   }
 

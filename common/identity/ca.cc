@@ -23,8 +23,8 @@ absl::Status SetRandomSerial(X509* cert) {
   // bit set keeps 128 bits of entropy from being shortened by leading zeros.
   bytes[0] = (bytes[0] & 0x7f) | 0x40;
   crypto::UniquePtr<BIGNUM> bn(BN_bin2bn(bytes, sizeof(bytes), nullptr));
-  crypto::UniquePtr<ASN1_INTEGER> serial(
-      bn == nullptr ? nullptr : BN_to_ASN1_INTEGER(bn.get(), nullptr));
+  crypto::UniquePtr<ASN1_INTEGER> serial(bn == nullptr ? nullptr
+                                                       : BN_to_ASN1_INTEGER(bn.get(), nullptr));
   if (serial == nullptr || X509_set_serialNumber(cert, serial.get()) != 1) {
     return crypto::OpenSslInternalError("cannot set the serial");
   }
@@ -171,9 +171,8 @@ absl::StatusOr<Certificate> Sign(crypto::UniquePtr<X509> cert, const PrivateKey&
 }
 
 // A fresh v3 certificate with serial, public key and validity set.
-absl::StatusOr<crypto::UniquePtr<X509>> NewCertificate(EVP_PKEY* subject_key,
-                                                      absl::Time not_before,
-                                                      absl::Time not_after) {
+absl::StatusOr<crypto::UniquePtr<X509>> NewCertificate(EVP_PKEY* subject_key, absl::Time not_before,
+                                                       absl::Time not_after) {
   crypto::UniquePtr<X509> cert(X509_new());
   if (cert == nullptr || X509_set_version(cert.get(), 2) != 1 ||
       X509_set_pubkey(cert.get(), subject_key) != 1) {
@@ -219,8 +218,8 @@ absl::StatusOr<Certificate> CreateIntermediateCertificate(const Certificate& iss
   if (!KeyMatchesCertificate(issuer_key, issuer)) {
     return absl::InvalidArgumentError("the issuing key does not match the issuing certificate");
   }
-  absl::StatusOr<crypto::UniquePtr<X509>> cert = NewCertificate(
-      subject_key, spec.not_before, std::min(spec.not_after, issuer.not_after()));
+  absl::StatusOr<crypto::UniquePtr<X509>> cert =
+      NewCertificate(subject_key, spec.not_before, std::min(spec.not_after, issuer.not_after()));
   if (!cert.ok()) return cert.status();
   X509* x = cert->get();
   absl::Status s = SetSubject(x, spec);
@@ -242,8 +241,8 @@ absl::StatusOr<Certificate> IssueLeafCertificate(const Certificate& issuer,
   if (!issuer.is_ca()) {
     return absl::InvalidArgumentError("the issuing certificate is not a CA (basicConstraints)");
   }
-  absl::StatusOr<crypto::UniquePtr<X509>> cert = NewCertificate(
-      subject_key, spec.not_before, std::min(spec.not_after, issuer.not_after()));
+  absl::StatusOr<crypto::UniquePtr<X509>> cert =
+      NewCertificate(subject_key, spec.not_before, std::min(spec.not_after, issuer.not_after()));
   if (!cert.ok()) return cert.status();
   X509* x = cert->get();
   absl::Status s;

@@ -40,9 +40,9 @@ absl::StatusOr<Certificate> CreateIntermediateCertificate(const Certificate& iss
 
 // What a workload certificate (X.509-SVID) says.
 struct LeafCertificateSpec {
-  SpiffeId spiffe_id;          // the only URI SAN
-  absl::Time not_before;       // already backdated by the caller for clock skew
-  absl::Time not_after;        // clamped to the issuer's notAfter
+  SpiffeId spiffe_id;     // the only URI SAN
+  absl::Time not_before;  // already backdated by the caller for clock skew
+  absl::Time not_after;   // clamped to the issuer's notAfter
   // Optional DNS SANs (for serving certificates such as the control plane's own).
   std::vector<std::string> dns_names;
 };

@@ -1,8 +1,8 @@
 #include "common/identity/certificate.h"
 
 #include <openssl/bn.h>
-#include <openssl/err.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/sha.h>
 
@@ -20,7 +20,7 @@ namespace trellis::identity {
 namespace {
 
 std::string BioToString(BIO* bio) {
-  char* data = nullptr;  // BoringSSL takes char**; OpenSSL accepts either.
+  char* data = nullptr;                           // BoringSSL takes char**; OpenSSL accepts either.
   const long len = BIO_get_mem_data(bio, &data);  // NOLINT(runtime/int)
   return std::string(data, len > 0 ? static_cast<size_t>(len) : 0);
 }
@@ -35,8 +35,8 @@ std::string NameToString(const X509_NAME* name) {
 // Collects the SANs of one GENERAL_NAME type as strings.
 std::vector<std::string> SansOfType(X509* cert, int type) {
   std::vector<std::string> out;
-  crypto::UniquePtr<GENERAL_NAMES> names(static_cast<GENERAL_NAMES*>(
-      X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr)));
+  crypto::UniquePtr<GENERAL_NAMES> names(
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr)));
   if (names == nullptr) return out;
   for (size_t i = 0; i < sk_GENERAL_NAME_num(names.get()); ++i) {
     const GENERAL_NAME* name = sk_GENERAL_NAME_value(names.get(), i);
@@ -68,9 +68,9 @@ absl::StatusOr<Certificate> Certificate::FromDer(absl::string_view der) {
   const unsigned char* const end = p + der.size();
   crypto::UniquePtr<X509> cert(d2i_X509(nullptr, &p, static_cast<long>(der.size())));  // NOLINT
   if (cert == nullptr) {
-    return crypto::OpenSslError(absl::StatusCode::kInvalidArgument,
-                                absl::StrCat("not a DER X.509 certificate (", der.size(),
-                                             " bytes)"));
+    return crypto::OpenSslError(
+        absl::StatusCode::kInvalidArgument,
+        absl::StrCat("not a DER X.509 certificate (", der.size(), " bytes)"));
   }
   if (p != end) {
     return absl::InvalidArgumentError(
@@ -111,7 +111,9 @@ absl::Time Certificate::not_before() const {
   return Asn1TimeToAbsl(X509_get0_notBefore(cert_.get()));
 }
 
-absl::Time Certificate::not_after() const { return Asn1TimeToAbsl(X509_get0_notAfter(cert_.get())); }
+absl::Time Certificate::not_after() const {
+  return Asn1TimeToAbsl(X509_get0_notAfter(cert_.get()));
+}
 
 std::string Certificate::serial_hex() const {
   crypto::UniquePtr<BIGNUM> bn(ASN1_INTEGER_to_BN(X509_get_serialNumber(cert_.get()), nullptr));
@@ -126,7 +128,9 @@ std::string Certificate::serial_hex() const {
   return first == std::string::npos ? "0" : out.substr(first);
 }
 
-std::string Certificate::subject() const { return NameToString(X509_get_subject_name(cert_.get())); }
+std::string Certificate::subject() const {
+  return NameToString(X509_get_subject_name(cert_.get()));
+}
 
 std::string Certificate::issuer() const { return NameToString(X509_get_issuer_name(cert_.get())); }
 
@@ -159,9 +163,8 @@ absl::StatusOr<SpiffeId> SpiffeIdOf(X509* cert) {
   }
   if (uris.size() > 1) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "certificate has ", uris.size(),
-        " URI SANs; an X.509-SVID must have exactly one (found \"", uris[0], "\", \"", uris[1],
-        "\")"));
+        "certificate has ", uris.size(), " URI SANs; an X.509-SVID must have exactly one (found \"",
+        uris[0], "\", \"", uris[1], "\")"));
   }
   absl::StatusOr<SpiffeId> id = SpiffeId::Parse(uris[0]);
   if (!id.ok()) {
@@ -182,7 +185,8 @@ absl::StatusOr<std::vector<Certificate>> ParsePemChain(absl::string_view pem) {
   }
   // Reaching the end of the input leaves a "no start line" error; anything else is a bad block.
   const unsigned long err = ERR_peek_last_error();  // NOLINT(runtime/int)
-  const bool clean_end = ERR_GET_LIB(err) == ERR_LIB_PEM && ERR_GET_REASON(err) == PEM_R_NO_START_LINE;
+  const bool clean_end =
+      ERR_GET_LIB(err) == ERR_LIB_PEM && ERR_GET_REASON(err) == PEM_R_NO_START_LINE;
   if (err != 0 && !clean_end) {
     return crypto::OpenSslError(
         absl::StatusCode::kInvalidArgument,
@@ -199,8 +203,7 @@ absl::StatusOr<std::vector<Certificate>> ParsePemChain(absl::string_view pem) {
 absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    return absl::NotFoundError(
-        absl::StrCat("cannot open \"", path, "\": ", std::strerror(errno)));
+    return absl::NotFoundError(absl::StrCat("cannot open \"", path, "\": ", std::strerror(errno)));
   }
   std::ostringstream contents;
   contents << in.rdbuf();

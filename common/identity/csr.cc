@@ -69,12 +69,13 @@ absl::StatusOr<ParsedCsr> ParseCsrDer(absl::string_view der) {
     return absl::InvalidArgumentError("CSR is empty: send a DER-encoded PKCS#10 request");
   }
   if (der.size() > kMaxCsrBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("CSR is ", der.size(),
-                                                   " bytes; the limit is ", kMaxCsrBytes));
+    return absl::InvalidArgumentError(
+        absl::StrCat("CSR is ", der.size(), " bytes; the limit is ", kMaxCsrBytes));
   }
   const auto* p = reinterpret_cast<const unsigned char*>(der.data());
   const unsigned char* const end = p + der.size();
-  crypto::UniquePtr<X509_REQ> req(d2i_X509_REQ(nullptr, &p, static_cast<long>(der.size())));  // NOLINT
+  crypto::UniquePtr<X509_REQ> req(
+      d2i_X509_REQ(nullptr, &p, static_cast<long>(der.size())));  // NOLINT
   if (req == nullptr || p != end) {
     crypto::ClearOpenSslErrors();
     return absl::InvalidArgumentError(

@@ -15,7 +15,7 @@ namespace trellis::identity {
 // given it is carried as the request's only URI SAN; the control plane ignores it for deciding
 // identity and only checks that it agrees with the caller's credential.
 absl::StatusOr<std::string> CreateCsrDer(const PrivateKey& key,
-                                          const std::optional<SpiffeId>& id = std::nullopt);
+                                         const std::optional<SpiffeId>& id = std::nullopt);
 
 // What the control plane learns from a CSR that passed ParseCsrDer's checks.
 struct ParsedCsr {

@@ -86,9 +86,8 @@ absl::StatusOr<PrivateKey> PrivateKey::FromEvpPkey(crypto::UniquePtr<EVP_PKEY> k
 
 absl::StatusOr<std::string> PrivateKey::ToPem() const {
   crypto::UniquePtr<BIO> bio(BIO_new(BIO_s_mem()));
-  if (bio == nullptr ||
-      PEM_write_bio_PKCS8PrivateKey(bio.get(), key_.get(), nullptr, nullptr, 0, nullptr,
-                                    nullptr) != 1) {
+  if (bio == nullptr || PEM_write_bio_PKCS8PrivateKey(bio.get(), key_.get(), nullptr, nullptr, 0,
+                                                      nullptr, nullptr) != 1) {
     return crypto::OpenSslInternalError("cannot encode the private key as PEM");
   }
   char* data = nullptr;  // BoringSSL takes char**; OpenSSL accepts either.

@@ -15,9 +15,9 @@ absl::StatusOr<TrustBundle> TrustBundle::Create(std::vector<Certificate> roots) 
   std::vector<Certificate> unique;
   for (Certificate& cert : roots) {
     if (!cert.is_ca()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "trust bundle entry \"", cert.subject(), "\" (serial ", cert.serial_hex(),
-          ") is not a CA certificate (basicConstraints CA:TRUE is missing)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("trust bundle entry \"", cert.subject(), "\" (serial ", cert.serial_hex(),
+                       ") is not a CA certificate (basicConstraints CA:TRUE is missing)"));
     }
     if (std::find(unique.begin(), unique.end(), cert) == unique.end()) {
       unique.push_back(std::move(cert));
@@ -29,8 +29,7 @@ absl::StatusOr<TrustBundle> TrustBundle::Create(std::vector<Certificate> roots) 
 absl::StatusOr<TrustBundle> TrustBundle::FromPem(absl::string_view pem) {
   absl::StatusOr<std::vector<Certificate>> certs = ParsePemChain(pem);
   if (!certs.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("trust bundle: ", certs.status().message()));
+    return absl::InvalidArgumentError(absl::StrCat("trust bundle: ", certs.status().message()));
   }
   return Create(*std::move(certs));
 }

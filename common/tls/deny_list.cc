@@ -65,8 +65,8 @@ absl::StatusOr<DenyList> DenyList::Parse(absl::string_view text) {
         status = id.status();
       }
     } else {
-      status = absl::InvalidArgumentError(
-          "expected \"serial:<hex>\" or a SPIFFE ID (spiffe://...)");
+      status =
+          absl::InvalidArgumentError("expected \"serial:<hex>\" or a SPIFFE ID (spiffe://...)");
     }
     if (!status.ok()) {
       return absl::InvalidArgumentError(

@@ -51,9 +51,9 @@ absl::StatusOr<std::unique_ptr<PeerVerifier>> PeerVerifier::Create(identity::Tru
       new PeerVerifier(std::move(bundle), std::move(deny_list), *std::move(store)));
 }
 
-PeerVerification PeerVerifier::Verify(
-    X509* leaf, STACK_OF(X509) * intermediates, PeerRole role, absl::Time now,
-    const std::vector<identity::SpiffeIdPattern>& allowed) const {
+PeerVerification PeerVerifier::Verify(X509* leaf, STACK_OF(X509) * intermediates, PeerRole role,
+                                      absl::Time now,
+                                      const std::vector<identity::SpiffeIdPattern>& allowed) const {
   PeerVerification result;
   if (leaf == nullptr) {
     return Fail(std::move(result), FailureReason::kNoPeerCertificate,
@@ -72,8 +72,8 @@ PeerVerification PeerVerifier::Verify(
                 "cannot set up chain verification");
   }
   X509_STORE_CTX_set_time(ctx.get(), 0, absl::ToTimeT(now));
-  X509_STORE_CTX_set_purpose(ctx.get(), role == PeerRole::kClient ? X509_PURPOSE_SSL_CLIENT
-                                                                  : X509_PURPOSE_SSL_SERVER);
+  X509_STORE_CTX_set_purpose(
+      ctx.get(), role == PeerRole::kClient ? X509_PURPOSE_SSL_CLIENT : X509_PURPOSE_SSL_SERVER);
   if (X509_verify_cert(ctx.get()) != 1) {
     const int error = X509_STORE_CTX_get_error(ctx.get());
     const int depth = X509_STORE_CTX_get_error_depth(ctx.get());

@@ -18,8 +18,8 @@ namespace trellis::tls {
 struct PeerVerification {
   bool ok() const { return !reason.has_value(); }
 
-  std::optional<FailureReason> reason;  // empty on success
-  std::string detail;                   // what exactly was wrong, for logs; empty on success
+  std::optional<FailureReason> reason;        // empty on success
+  std::string detail;                         // what exactly was wrong, for logs; empty on success
   std::optional<identity::SpiffeId> peer_id;  // known once the leaf's SAN parsed
   std::string peer_serial_hex;                // the leaf's serial, when there is a leaf
 };
@@ -38,8 +38,7 @@ class PeerVerifier {
 
   // `intermediates` may be null. `allowed` lists the acceptable peer identities; a peer must
   // match at least one pattern (an empty list allows nobody).
-  PeerVerification Verify(X509* leaf, STACK_OF(X509) * intermediates, PeerRole role,
-                          absl::Time now,
+  PeerVerification Verify(X509* leaf, STACK_OF(X509) * intermediates, PeerRole role, absl::Time now,
                           const std::vector<identity::SpiffeIdPattern>& allowed) const;
 
   const identity::TrustBundle& bundle() const { return bundle_; }

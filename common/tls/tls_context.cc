@@ -99,8 +99,9 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(TlsContextO
     return crypto::OpenSslInternalError("cannot set the key-exchange groups");
   }
   if (opts.allow_tls12 &&
-      SSL_CTX_set_cipher_list(s, "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
-                                 "ECDHE-ECDSA-CHACHA20-POLY1305") != 1) {
+      SSL_CTX_set_cipher_list(s,
+                              "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+                              "ECDHE-ECDSA-CHACHA20-POLY1305") != 1) {
     return crypto::OpenSslInternalError("cannot set the TLS 1.2 cipher suites");
   }
   // No resumption: every connection presents and verifies a certificate, so a revocation or a

@@ -73,8 +73,8 @@ constexpr int kAlertReasonOffset = 1000;
 int VerifyPeerCallback(X509_STORE_CTX* store_ctx, void* /*arg*/) {
   SSL* ssl = static_cast<SSL*>(
       X509_STORE_CTX_get_ex_data(store_ctx, SSL_get_ex_data_X509_STORE_CTX_idx()));
-  auto* session = ssl == nullptr ? nullptr
-                                 : static_cast<TlsSession*>(SSL_get_ex_data(ssl, SessionIndex()));
+  auto* session =
+      ssl == nullptr ? nullptr : static_cast<TlsSession*>(SSL_get_ex_data(ssl, SessionIndex()));
   if (session == nullptr) {
     X509_STORE_CTX_set_error(store_ctx, X509_V_ERR_APPLICATION_VERIFICATION);
     return 0;
@@ -144,10 +144,10 @@ IoAction TlsSession::Fail(int ssl_result) {
     failure_detail_ = peer_.detail;
   } else if (error == SSL_ERROR_SYSCALL || error == SSL_ERROR_ZERO_RETURN || first == 0) {
     failure_reason_ = FailureReason::kConnectionReset;
-    failure_detail_ = errno != 0 && error == SSL_ERROR_SYSCALL
-                          ? absl::StrCat("connection closed during the handshake: ",
-                                         std::strerror(errno))
-                          : "the peer closed the connection during the handshake";
+    failure_detail_ =
+        errno != 0 && error == SSL_ERROR_SYSCALL
+            ? absl::StrCat("connection closed during the handshake: ", std::strerror(errno))
+            : "the peer closed the connection during the handshake";
   } else {
     const int reason = ERR_GET_REASON(first);
     const char* text = ERR_reason_error_string(first);
@@ -163,9 +163,8 @@ IoAction TlsSession::Fail(int ssl_result) {
       failure_detail_ = absl::StrCat("the peer did not speak TLS (", reason_text, ")");
     } else if (reason > kAlertReasonOffset && reason < kAlertReasonOffset + 256) {
       failure_reason_ = FailureReason::kPeerRejected;
-      failure_detail_ =
-          absl::StrCat("the peer sent TLS alert \"",
-                       SSL_alert_desc_string_long(reason - kAlertReasonOffset), "\"");
+      failure_detail_ = absl::StrCat("the peer sent TLS alert \"",
+                                     SSL_alert_desc_string_long(reason - kAlertReasonOffset), "\"");
     } else {
       failure_reason_ = FailureReason::kProtocolError;
       failure_detail_ = reason_text;

@@ -72,7 +72,8 @@ EndResult RunEnd(std::unique_ptr<tls::TlsSession> session, bool send_first) {
 }  // namespace
 
 TestCa MakeRoot(const std::string& name) {
-  auto key = std::make_shared<identity::PrivateKey>(Unwrap(identity::PrivateKey::GenerateEcdsaP256()));
+  auto key =
+      std::make_shared<identity::PrivateKey>(Unwrap(identity::PrivateKey::GenerateEcdsaP256()));
   identity::CaCertificateSpec spec;
   spec.common_name = name;
   spec.not_before = absl::Now() - absl::Hours(1);
@@ -82,7 +83,8 @@ TestCa MakeRoot(const std::string& name) {
 }
 
 TestCa MakeIntermediate(const TestCa& parent, const std::string& name) {
-  auto key = std::make_shared<identity::PrivateKey>(Unwrap(identity::PrivateKey::GenerateEcdsaP256()));
+  auto key =
+      std::make_shared<identity::PrivateKey>(Unwrap(identity::PrivateKey::GenerateEcdsaP256()));
   identity::CaCertificateSpec spec;
   spec.common_name = name;
   spec.not_before = absl::Now() - absl::Hours(1);
@@ -99,7 +101,8 @@ TestCa MakeIntermediate(const TestCa& parent, const std::string& name) {
 
 TestLeaf MakeLeaf(const TestCa& ca, const std::string& spiffe_id,
                   std::optional<absl::Time> not_before, std::optional<absl::Time> not_after) {
-  auto key = std::make_shared<identity::PrivateKey>(Unwrap(identity::PrivateKey::GenerateEcdsaP256()));
+  auto key =
+      std::make_shared<identity::PrivateKey>(Unwrap(identity::PrivateKey::GenerateEcdsaP256()));
   identity::LeafCertificateSpec spec{Unwrap(identity::SpiffeId::Parse(spiffe_id)),
                                      not_before.value_or(absl::Now() - absl::Minutes(5)),
                                      not_after.value_or(absl::Now() + absl::Hours(1)),

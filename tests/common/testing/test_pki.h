@@ -79,10 +79,9 @@ struct HandshakeResult {
 // Runs a real handshake between `server` and `client` over a connected socketpair, one thread per
 // end, then exchanges a message each way. `client_expects` overrides the client's allowed server
 // identities. Bounded: a stuck end is cut off by a socket timeout.
-HandshakeResult RunHandshake(std::shared_ptr<const tls::TlsContext> server,
-                             std::shared_ptr<const tls::TlsContext> client,
-                             std::optional<std::vector<identity::SpiffeIdPattern>> client_expects =
-                                 std::nullopt);
+HandshakeResult RunHandshake(
+    std::shared_ptr<const tls::TlsContext> server, std::shared_ptr<const tls::TlsContext> client,
+    std::optional<std::vector<identity::SpiffeIdPattern>> client_expects = std::nullopt);
 
 // Runs the server end against raw bytes written by a plain socket (a non-TLS client).
 EndResult RunServerAgainstBytes(std::shared_ptr<const tls::TlsContext> server,

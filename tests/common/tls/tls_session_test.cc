@@ -108,8 +108,8 @@ TEST_F(TlsSessionTest, ServerFromAnotherMeshIsUnknownCaForTheClient) {
 }
 
 TEST_F(TlsSessionTest, ExpiredClientCertificateIsRefusedAsExpired) {
-  testing::TestLeaf expired = MakeLeaf(root_, kClientId, absl::Now() - absl::Hours(2),
-                                       absl::Now() - absl::Hours(1));
+  testing::TestLeaf expired =
+      MakeLeaf(root_, kClientId, absl::Now() - absl::Hours(2), absl::Now() - absl::Hours(1));
   const testing::HandshakeResult r = RunHandshake(Server(), Client(expired));
   EXPECT_FALSE(r.server.handshake_ok);
   EXPECT_EQ(r.server.reason, FailureReason::kExpired) << r.server.detail;
@@ -118,8 +118,8 @@ TEST_F(TlsSessionTest, ExpiredClientCertificateIsRefusedAsExpired) {
 }
 
 TEST_F(TlsSessionTest, NotYetValidServerCertificateIsRefused) {
-  testing::TestLeaf future = MakeLeaf(root_, kServerId, absl::Now() + absl::Minutes(30),
-                                      absl::Now() + absl::Hours(2));
+  testing::TestLeaf future =
+      MakeLeaf(root_, kServerId, absl::Now() + absl::Minutes(30), absl::Now() + absl::Hours(2));
   auto server = MakeContext(TlsRole::kServer, future, bundle_);
   const testing::HandshakeResult r = RunHandshake(server, Client(client_leaf_));
   EXPECT_FALSE(r.client.handshake_ok);
@@ -176,23 +176,23 @@ TEST_F(TlsSessionTest, IdentityInsidePolicyIsAccepted) {
 
 TEST_F(TlsSessionTest, DefaultPolicyRefusesAnotherTrustDomainEvenWithATrustedRoot) {
   testing::TestLeaf foreign = MakeLeaf(root_, "spiffe://other.example/ns/shop/sa/frontend");
-  auto client = MakeContext(TlsRole::kClient, foreign, bundle_, Patterns({"spiffe://cluster.local"}));
+  auto client =
+      MakeContext(TlsRole::kClient, foreign, bundle_, Patterns({"spiffe://cluster.local"}));
   const testing::HandshakeResult r = RunHandshake(Server(), client);
   EXPECT_EQ(r.server.reason, FailureReason::kIdentityNotAllowed) << r.server.detail;
 }
 
 TEST_F(TlsSessionTest, ClientRefusesServerWithUnexpectedIdentity) {
-  const testing::HandshakeResult r =
-      RunHandshake(Server(), Client(client_leaf_),
-                   Patterns({"spiffe://cluster.local/ns/shop/sa/inventory"}));
+  const testing::HandshakeResult r = RunHandshake(
+      Server(), Client(client_leaf_), Patterns({"spiffe://cluster.local/ns/shop/sa/inventory"}));
   EXPECT_FALSE(r.client.handshake_ok);
   EXPECT_EQ(r.client.reason, FailureReason::kIdentityNotAllowed) << r.client.detail;
   EXPECT_EQ(r.server.reason, FailureReason::kPeerRejected);
 }
 
 TEST_F(TlsSessionTest, CertificateWithTwoUriSansIsMalformed) {
-  testing::TestLeaf two = testing::MakeLeafWithUris(
-      root_, {kClientId, "spiffe://cluster.local/ns/shop/sa/admin"});
+  testing::TestLeaf two =
+      testing::MakeLeafWithUris(root_, {kClientId, "spiffe://cluster.local/ns/shop/sa/admin"});
   const testing::EndResult r = testing::RunServerAgainstRawClient(Server(), &two);
   EXPECT_EQ(r.reason, FailureReason::kMalformedCertificate) << r.detail;
   EXPECT_NE(r.detail.find("exactly one"), std::string::npos) << r.detail;
