@@ -69,8 +69,12 @@ TEST_F(TlsSessionTest, NegotiatesTls13WithX25519) {
   }
   t.join();
   EXPECT_EQ(SSL_version(c->ssl()), TLS1_3_VERSION);
-  // X25519 is group 29 in both backends.
   EXPECT_STREQ(SSL_get_version(c->ssl()), "TLSv1.3");
+#ifdef OPENSSL_IS_BORINGSSL
+  EXPECT_EQ(SSL_get_curve_id(c->ssl()), SSL_CURVE_X25519);
+#else
+  EXPECT_EQ(SSL_get_negotiated_group(c->ssl()), NID_X25519);
+#endif
   close(fds[0]);
   close(fds[1]);
 }
@@ -282,6 +286,38 @@ TEST_F(TlsSessionTest, SessionKeepsItsContextAfterASwap) {
   EXPECT_EQ(&session->context(), old.lock().get());
   session.reset();
   EXPECT_TRUE(old.expired());
+  close(fds[0]);
+  close(fds[1]);
+}
+
+TEST_F(TlsSessionTest, NonBlockingSessionsAskForReadsAndFinishInOneThread) {
+  // The proxy drives sessions from an event loop: on non-blocking sockets each step returns
+  // kWantRead until the peer's bytes arrive, and never blocks.
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fds), 0);
+  auto server = *TlsSession::Create(Server(), fds[0]);
+  auto client = *TlsSession::Create(Client(client_leaf_), fds[1]);
+  EXPECT_EQ(server->Handshake(), IoAction::kWantRead);  // nothing sent yet
+  IoAction s = IoAction::kWantRead;
+  IoAction c = IoAction::kWantRead;
+  int steps = 0;
+  while ((s != IoAction::kDone || c != IoAction::kDone) && steps++ < 20) {
+    if (c != IoAction::kDone) c = client->Handshake();
+    if (s != IoAction::kDone) s = server->Handshake();
+    ASSERT_NE(c, IoAction::kFailed) << client->failure_detail();
+    ASSERT_NE(s, IoAction::kFailed) << server->failure_detail();
+  }
+  ASSERT_EQ(s, IoAction::kDone);
+  ASSERT_EQ(c, IoAction::kDone);
+  char buf[64];
+  size_t n = 0;
+  EXPECT_EQ(server->Read(buf, sizeof(buf), &n), IoAction::kWantRead);
+  ASSERT_EQ(client->Write("hello", 5, &n), IoAction::kDone);
+  EXPECT_EQ(n, 5u);
+  ASSERT_EQ(server->Read(buf, sizeof(buf), &n), IoAction::kDone);
+  EXPECT_EQ(std::string(buf, n), "hello");
+  client->Shutdown();
+  EXPECT_EQ(server->Read(buf, sizeof(buf), &n), IoAction::kClosed);
   close(fds[0]);
   close(fds[1]);
 }
