@@ -241,6 +241,10 @@ absl::StatusOr<Certificate> IssueLeafCertificate(const Certificate& issuer,
   if (!issuer.is_ca()) {
     return absl::InvalidArgumentError("the issuing certificate is not a CA (basicConstraints)");
   }
+  if (!KeyMatchesCertificate(issuer_key, issuer)) {
+    // Otherwise every leaf would carry a signature no peer can verify.
+    return absl::InvalidArgumentError("the issuing key does not match the issuing certificate");
+  }
   absl::StatusOr<crypto::UniquePtr<X509>> cert =
       NewCertificate(subject_key, spec.not_before, std::min(spec.not_after, issuer.not_after()));
   if (!cert.ok()) return cert.status();

@@ -1,6 +1,7 @@
 #include "common/identity/csr.h"
 
 #include <openssl/crypto.h>
+#include <openssl/ec.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -29,6 +30,13 @@ absl::StatusOr<crypto::UniquePtr<GENERAL_NAMES>> UriSan(absl::string_view uri) {
   }
   name.release();  // `names` owns it now.
   return names;
+}
+
+bool HasExplicitCurveParameters(const EVP_PKEY* key) {
+  const EC_KEY* ec = EVP_PKEY_get0_EC_KEY(const_cast<EVP_PKEY*>(key));
+  const EC_GROUP* group = ec == nullptr ? nullptr : EC_KEY_get0_group(ec);
+  // BoringSSL always reports a named curve (it cannot parse explicit parameters at all).
+  return group != nullptr && EC_GROUP_get_asn1_flag(group) != OPENSSL_EC_NAMED_CURVE;
 }
 
 }  // namespace
@@ -93,6 +101,13 @@ absl::StatusOr<ParsedCsr> ParseCsrDer(absl::string_view der) {
     return absl::InvalidArgumentError(absl::StrCat("CSR key is ", KeyAlgorithmName(algorithm),
                                                    "; Trellis accepts only ECDSA P-256 or "
                                                    "P-384 keys"));
+  }
+  if (HasExplicitCurveParameters(key.get())) {
+    // OpenSSL reads such a key as P-256, but the leaf would copy the explicit parameters and
+    // every peer (RFC 5480, strict verification) would refuse it.
+    return absl::InvalidArgumentError(
+        "CSR key uses explicit EC curve parameters; encode it with the named curve (P-256 or "
+        "P-384) as RFC 5480 requires");
   }
   if (X509_REQ_verify(req.get(), key.get()) != 1) {
     crypto::ClearOpenSslErrors();

@@ -11,6 +11,8 @@ _PKG_CONFIG_LIBS = {
     "openssl": ["openssl"],
     "protobuf": ["protobuf"],
     "grpcpp": ["grpc++"],
+    # cpp-httplib: Debian builds it as a library with OpenSSL support (admin endpoints, TokenReview).
+    "httplib": ["cpp-httplib"],
     "absl": [
         "absl_base",
         "absl_cleanup",
@@ -31,6 +33,7 @@ _PKG_CONFIG_LIBS = {
     ],
     "gtest": ["gmock", "gtest", "gtest_main"],
     "benchmark": ["benchmark"],
+    "libcurl": ["libcurl"],
 }
 
 # Debian's Android BoringSSL: shared libraries only, headers under /usr/include/android.

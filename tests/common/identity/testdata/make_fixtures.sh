@@ -20,4 +20,12 @@ openssl req -new -key "$work/p192.key" -sha256 -subj "/O=Trellis tests/CN=p192" 
   -addext "subjectAltName=URI:spiffe://example.org/ns/test/sa/p192" \
   -outform DER -out "$here/csr_p192.der"
 
-echo "wrote $here/csr_p192.der"
+# csr_p256_explicit.der: a correctly self-signed request for a P-256 key whose SubjectPublicKeyInfo
+# spells the curve out as explicit parameters instead of naming it. RFC 5480 requires the named
+# curve form, and OpenSSL 3 refuses certificates carrying explicit parameters under
+# X509_V_FLAG_X509_STRICT, so a CA that accepted this request would issue an unusable certificate.
+openssl ecparam -name prime256v1 -param_enc explicit -genkey -noout -out "$work/explicit.key"
+openssl req -new -key "$work/explicit.key" -sha256 -subj "/O=Trellis tests/CN=p256-explicit" \
+  -outform DER -out "$here/csr_p256_explicit.der"
+
+echo "wrote $here/csr_p192.der $here/csr_p256_explicit.der"

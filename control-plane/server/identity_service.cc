@@ -1,0 +1,381 @@
+#include "control-plane/server/identity_service.h"
+
+#include <google/protobuf/util/time_util.h>
+#include <grpc/grpc_security_constants.h>
+
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "common/identity/certificate.h"
+#include "common/identity/csr.h"
+#include "common/log/json_log.h"
+#include "common/tls/peer_verifier.h"
+
+namespace trellis::control_plane {
+namespace {
+
+using trellis::identity::v1::IssueCertificateRequest;
+using trellis::identity::v1::IssueCertificateResponse;
+using trellis::identity::v1::WatchRequest;
+using trellis::identity::v1::WatchResponse;
+
+grpc::StatusCode ToGrpcCode(absl::StatusCode code) {
+  // absl and gRPC share the canonical code numbers.
+  return static_cast<grpc::StatusCode>(static_cast<int>(code));
+}
+
+absl::string_view ResultLabel(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kOk:
+      return "ok";
+    case absl::StatusCode::kUnauthenticated:
+      return "unauthenticated";
+    case absl::StatusCode::kPermissionDenied:
+      return "permission_denied";
+    case absl::StatusCode::kInvalidArgument:
+      return "invalid_argument";
+    case absl::StatusCode::kResourceExhausted:
+      return "resource_exhausted";
+    case absl::StatusCode::kUnavailable:
+      return "unavailable";
+    case absl::StatusCode::kCancelled:
+      return "cancelled";
+    default:
+      return "internal";
+  }
+}
+
+google::protobuf::Timestamp ToProto(absl::Time t) {
+  google::protobuf::Timestamp ts;
+  const int64_t nanos = absl::ToUnixNanos(t);
+  ts.set_seconds(nanos / 1000000000);
+  ts.set_nanos(static_cast<int32_t>(nanos % 1000000000));
+  return ts;
+}
+
+// Reads the caller's TLS client certificate chain (leaf first), if it presented one. The TLS
+// layer requests a certificate without verifying it; verification happens here, against the
+// current trust bundle and deny-list, so root rotation and revocation apply without restarting
+// the gRPC server.
+std::vector<identity::Certificate> PeerChain(const grpc::ServerContext& context) {
+  std::vector<identity::Certificate> chain;
+  std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  if (auth == nullptr) return chain;
+  for (const char* property :
+       {GRPC_X509_PEM_CERT_CHAIN_PROPERTY_NAME, GRPC_X509_PEM_CERT_PROPERTY_NAME}) {
+    std::vector<grpc::string_ref> values = auth->FindPropertyValues(property);
+    if (values.empty()) continue;
+    absl::StatusOr<std::vector<identity::Certificate>> parsed =
+        identity::ParsePemChain(absl::string_view(values[0].data(), values[0].size()));
+    if (parsed.ok()) return *std::move(parsed);
+  }
+  return chain;
+}
+
+// What an issuance decided, for the metrics and the one log line per refusal.
+struct Outcome {
+  absl::Status status;
+  std::string authenticator = "none";
+  std::string spiffe_id;
+  absl::Duration retry_after;
+};
+
+}  // namespace
+
+// === impl IdentityService ===
+
+IdentityService::IdentityService(IdentityServiceOptions options, CaManager* ca, MeshState* mesh,
+                                 IssuanceAdmission* admission, ControlPlaneMetrics* metrics)
+    : options_(std::move(options)),
+      ca_(ca),
+      mesh_(mesh),
+      admission_(admission),
+      metrics_(metrics) {}
+
+IdentityService::~IdentityService() = default;
+
+grpc::Status IdentityService::IssueCertificate(grpc::ServerContext* context,
+                                               const IssueCertificateRequest* request,
+                                               IssueCertificateResponse* response) {
+  const absl::Time start = absl::Now();
+  Outcome outcome;
+  bool renewal = false;
+
+  // 1. Who is the caller? Only the credential says; never the CSR.
+  absl::StatusOr<AuthenticatedIdentity> who = absl::UnauthenticatedError("unset");
+  switch (request->credential_case()) {
+    case IssueCertificateRequest::kKubernetesToken:
+      outcome.authenticator = options_.kubernetes_authenticator != nullptr
+                                  ? std::string(options_.kubernetes_authenticator->name())
+                                  : "none";
+      who = options_.kubernetes_authenticator != nullptr
+                ? options_.kubernetes_authenticator->Authenticate(request->kubernetes_token())
+                : absl::UnauthenticatedError(
+                      "this control plane does not accept Kubernetes tokens: start it with "
+                      "--jwks_file or --tokenreview");
+      break;
+    case IssueCertificateRequest::kJoinToken:
+      outcome.authenticator = "join_token";
+      who = options_.join_token_authenticator != nullptr
+                ? options_.join_token_authenticator->Authenticate(request->join_token())
+                : absl::UnauthenticatedError(
+                      "this control plane does not accept join tokens: start it with "
+                      "--join_tokens_file");
+      break;
+    case IssueCertificateRequest::CREDENTIAL_NOT_SET: {
+      outcome.authenticator = "renewal";
+      renewal = true;
+      const std::vector<identity::Certificate> chain = PeerChain(*context);
+      if (chain.empty()) {
+        who = absl::UnauthenticatedError(
+            "no credential: send kubernetes_token or join_token, or present your current "
+            "workload certificate as the TLS client certificate to renew");
+        break;
+      }
+      std::shared_ptr<const MeshSnapshot> snapshot = mesh_->Current();
+      absl::StatusOr<std::unique_ptr<tls::PeerVerifier>> verifier =
+          tls::PeerVerifier::Create(snapshot->bundle, snapshot->deny_list);
+      if (!verifier.ok()) {
+        who = verifier.status();
+        break;
+      }
+      crypto::X509Stack intermediates(sk_X509_new_null());
+      for (size_t i = 1; i < chain.size(); ++i) {
+        X509_up_ref(chain[i].get());
+        sk_X509_push(intermediates.get(), chain[i].get());
+      }
+      absl::StatusOr<identity::SpiffeIdPattern> own_domain =
+          identity::SpiffeIdPattern::Parse(absl::StrCat("spiffe://", options_.trust_domain));
+      const tls::PeerVerification check = (*verifier)->Verify(
+          chain[0].get(), intermediates.get(), tls::PeerRole::kClient, Now(), {*own_domain});
+      if (check.ok()) {
+        who = AuthenticatedIdentity{*check.peer_id, "renewal", "serial " + check.peer_serial_hex};
+      } else if (*check.reason == tls::FailureReason::kRevoked) {
+        who = absl::PermissionDeniedError(absl::StrCat("renewal refused: ", check.detail));
+      } else {
+        who = absl::UnauthenticatedError(
+            absl::StrCat("renewal certificate refused (", tls::FailureReasonLabel(*check.reason),
+                         "): ", check.detail, "; authenticate with a token instead"));
+      }
+      break;
+    }
+  }
+
+  std::shared_ptr<ca::LocalSigner> signer;
+  absl::StatusOr<identity::ParsedCsr> csr = absl::UnknownError("unset");
+  if (!who.ok()) {
+    outcome.status = who.status();
+  } else {
+    outcome.spiffe_id = who->spiffe_id.ToString();
+    std::shared_ptr<const MeshSnapshot> snapshot = mesh_->Current();
+    if (who->spiffe_id.trust_domain() != options_.trust_domain) {
+      outcome.status = absl::PermissionDeniedError(
+          absl::StrCat(outcome.spiffe_id, " is not in this mesh's trust domain \"",
+                       options_.trust_domain, "\""));
+    } else if (snapshot->deny_list.IsIdentityDenied(who->spiffe_id)) {
+      outcome.status = absl::PermissionDeniedError(
+          absl::StrCat(outcome.spiffe_id, " is on the revocation deny-list"));
+    } else if (csr = identity::ParseCsrDer(request->csr_der()); !csr.ok()) {
+      outcome.status = csr.status();
+    } else if (!csr->requested_uri_sans.empty() &&
+               (csr->requested_uri_sans.size() != 1 ||
+                csr->requested_uri_sans[0] != outcome.spiffe_id)) {
+      outcome.status = absl::PermissionDeniedError(absl::StrCat(
+          "the CSR asks for \"", csr->requested_uri_sans[0], "\" but the credential proves \"",
+          outcome.spiffe_id,
+          "\": leave the SAN out of the CSR or ask for the identity you authenticated as"));
+    }
+  }
+
+  absl::Duration ttl = absl::ZeroDuration();
+  if (outcome.status.ok() && request->has_requested_ttl()) {
+    ttl = absl::Seconds(request->requested_ttl().seconds()) +
+          absl::Nanoseconds(request->requested_ttl().nanos());
+    if (ttl < absl::ZeroDuration()) {
+      outcome.status = absl::InvalidArgumentError("requested_ttl is negative");
+    }
+  }
+
+  // 2. May it run now? Bounded concurrency, first issuances before renewals, per-identity rate.
+  bool admitted = false;
+  if (outcome.status.ok()) {
+    IssuanceAdmission::Decision decision = admission_->Admit(outcome.spiffe_id, renewal);
+    if (decision.status.ok()) {
+      admitted = true;
+    } else {
+      outcome.status = decision.status;
+      outcome.retry_after = decision.retry_after;
+    }
+  }
+
+  // 3. Sign and answer.
+  if (admitted) {
+    signer = ca_->signer();
+    const absl::Time now = Now();
+    absl::StatusOr<std::vector<identity::Certificate>> chain =
+        signer->SignLeaf(csr->public_key.get(), who->spiffe_id, ttl, {});
+    admission_->Release();
+    if (!chain.ok()) {
+      outcome.status = chain.status();
+    } else {
+      for (const identity::Certificate& cert : *chain) response->add_cert_chain_der(cert.ToDer());
+      for (const std::string& der : signer->trust_bundle().ToDer()) {
+        response->add_trust_bundle_der(der);
+      }
+      const absl::Time not_after = chain->front().not_after();
+      const absl::Duration lifetime = not_after - now;
+      thread_local std::minstd_rand rng(std::random_device{}());
+      std::uniform_real_distribution<double> jitter(-options_.refresh_jitter,
+                                                    options_.refresh_jitter);
+      const double fraction = std::clamp(options_.refresh_fraction + jitter(rng), 0.1, 0.9);
+      *response->mutable_not_after() = ToProto(not_after);
+      *response->mutable_refresh_after() = ToProto(now + lifetime * fraction);
+      response->set_spiffe_id(outcome.spiffe_id);
+      log::Debug("certificate issued", {{"spiffe_id", outcome.spiffe_id},
+                                        {"authenticator", outcome.authenticator},
+                                        {"serial", chain->front().serial_hex()},
+                                        {"not_after", absl::FormatTime(not_after)},
+                                        {"peer", context->peer()}});
+    }
+  }
+
+  metrics_->CountIssuance(ResultLabel(outcome.status.code()), outcome.authenticator);
+  if (outcome.status.ok()) {
+    metrics_->ObserveIssuanceLatency(absl::Now() - start);
+    return grpc::Status::OK;
+  }
+  nlohmann::json fields = {{"result", std::string(ResultLabel(outcome.status.code()))},
+                           {"authenticator", outcome.authenticator},
+                           {"reason", std::string(outcome.status.message())},
+                           {"peer", context->peer()}};
+  if (!outcome.spiffe_id.empty()) fields["spiffe_id"] = outcome.spiffe_id;
+  if (outcome.retry_after > absl::ZeroDuration()) {
+    const int64_t ms = absl::ToInt64Milliseconds(outcome.retry_after);
+    context->AddTrailingMetadata(kRetryAfterMetadataKey, std::to_string(ms));
+    fields["retry_after_ms"] = ms;
+  }
+  log::Warn("issuance refused", fields);
+  return grpc::Status(ToGrpcCode(outcome.status.code()), std::string(outcome.status.message()));
+}
+
+// === impl WatchReactor ===
+
+// One open Watch stream. Sends the current snapshot at once, then every newer one. If snapshots
+// arrive faster than the client reads, only the newest is kept (snapshots are complete, so
+// skipping one loses nothing). Deletes itself in OnDone.
+class IdentityService::WatchReactor : public grpc::ServerWriteReactor<WatchResponse> {
+ public:
+  WatchReactor(IdentityService* service, std::string peer)
+      : service_(service), peer_(std::move(peer)) {
+    std::shared_ptr<const MeshSnapshot> current;
+    subscription_ = service_->mesh_->Subscribe(
+        [this](std::shared_ptr<const MeshSnapshot> snapshot) { Push(std::move(snapshot)); },
+        &current);
+    service_->metrics_->watchers.fetch_add(1);
+    Push(std::move(current));
+  }
+
+  // Ends the stream (shutdown). Safe to call from any thread, more than once.
+  void Close(grpc::Status status) {
+    absl::MutexLock lock(&mu_);
+    if (finished_) return;
+    finished_ = true;
+    Finish(std::move(status));
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    if (!ok) {
+      if (!finished_) {
+        finished_ = true;
+        Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream broken"));
+      }
+      return;
+    }
+    if (pending_ != nullptr) StartNext();
+  }
+
+  void OnCancel() override { Close(grpc::Status::CANCELLED); }
+
+  void OnDone() override {
+    service_->mesh_->Unsubscribe(subscription_);
+    service_->metrics_->watchers.fetch_sub(1);
+    {
+      absl::MutexLock lock(&service_->watches_mu_);
+      service_->watches_.erase(this);
+    }
+    delete this;
+  }
+
+ private:
+  void Push(std::shared_ptr<const MeshSnapshot> snapshot) {
+    absl::MutexLock lock(&mu_);
+    if (finished_) return;
+    pending_ = std::move(snapshot);
+    if (!writing_) StartNext();
+  }
+
+  void StartNext() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    response_.Clear();
+    response_.set_version(pending_->version);
+    for (const std::string& der : pending_->bundle.ToDer()) response_.add_trust_bundle_der(der);
+    for (const std::string& serial : pending_->deny_list.serials()) {
+      response_.add_denied()->set_serial_hex(serial);
+    }
+    for (const std::string& id : pending_->deny_list.spiffe_ids()) {
+      response_.add_denied()->set_spiffe_id(id);
+    }
+    if (pending_->renew_before.has_value()) {
+      *response_.mutable_renew_before() = ToProto(*pending_->renew_before);
+    }
+    pending_.reset();
+    writing_ = true;
+    StartWrite(&response_);
+  }
+
+  IdentityService* const service_;
+  const std::string peer_;
+  int subscription_ = 0;
+  absl::Mutex mu_;
+  std::shared_ptr<const MeshSnapshot> pending_ ABSL_GUARDED_BY(mu_);
+  WatchResponse response_ ABSL_GUARDED_BY(mu_);  // must stay alive until OnWriteDone
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+grpc::ServerWriteReactor<WatchResponse>* IdentityService::Watch(grpc::CallbackServerContext* context,
+                                                                const WatchRequest* /*request*/) {
+  {
+    absl::MutexLock lock(&watches_mu_);
+    if (closing_) {
+      // Not registered: a plain reactor that finishes at once.
+      class Refuse : public grpc::ServerWriteReactor<WatchResponse> {
+       public:
+        Refuse() {
+          Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                              "control plane shutting down; reconnect to another replica"));
+        }
+        void OnDone() override { delete this; }
+      };
+      return new Refuse();
+    }
+  }
+  auto* reactor = new WatchReactor(this, context->peer());
+  absl::MutexLock lock(&watches_mu_);
+  watches_.insert(reactor);
+  return reactor;
+}
+
+void IdentityService::CloseWatches() {
+  // Held across the loop: OnDone takes the same lock before deleting a reactor, so no reactor
+  // can go away under us. gRPC never runs OnDone inline from Finish, so this cannot deadlock.
+  absl::MutexLock lock(&watches_mu_);
+  closing_ = true;
+  for (WatchReactor* reactor : watches_) {
+    reactor->Close(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                "control plane shutting down; reconnect to another replica"));
+  }
+}
+
+}  // namespace trellis::control_plane

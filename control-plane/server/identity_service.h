@@ -1,0 +1,80 @@
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "control-plane/auth/authenticator.h"
+#include "control-plane/server/admission.h"
+#include "control-plane/server/ca_manager.h"
+#include "control-plane/server/mesh_state.h"
+#include "control-plane/server/metrics.h"
+#include "trellis/identity/v1/identity.grpc.pb.h"
+
+namespace trellis::control_plane {
+
+struct IdentityServiceOptions {
+  std::string trust_domain = "cluster.local";
+  // Authenticators by credential kind; null means that kind is not accepted (the refusal says
+  // which flag enables it). Not owned; must outlive the service.
+  Authenticator* kubernetes_authenticator = nullptr;
+  Authenticator* join_token_authenticator = nullptr;
+  // refresh_after = now + lifetime * (refresh_fraction +/- refresh_jitter).
+  double refresh_fraction = 0.5;
+  double refresh_jitter = 0.1;
+  std::function<absl::Time()> clock;
+};
+
+// The trellis.identity.v1.Identity service: parse, authenticate, admit, sign, reply. No crypto is
+// done inline: CSR checks and signing live in common/identity and control-plane/ca.
+//
+// IssueCertificate runs on gRPC's synchronous thread pool. Watch uses the callback API, so an open
+// stream costs no thread: thousands of proxies can watch at once.
+class IdentityService final
+    : public trellis::identity::v1::Identity::WithCallbackMethod_Watch<
+          trellis::identity::v1::Identity::Service> {
+ public:
+  IdentityService(IdentityServiceOptions options, CaManager* ca, MeshState* mesh,
+                  IssuanceAdmission* admission, ControlPlaneMetrics* metrics);
+  ~IdentityService() override;
+
+  grpc::Status IssueCertificate(grpc::ServerContext* context,
+                                const trellis::identity::v1::IssueCertificateRequest* request,
+                                trellis::identity::v1::IssueCertificateResponse* response) override;
+
+  grpc::ServerWriteReactor<trellis::identity::v1::WatchResponse>* Watch(
+      grpc::CallbackServerContext* context,
+      const trellis::identity::v1::WatchRequest* request) override;
+
+  // Ends every open Watch stream with UNAVAILABLE ("shutting down; reconnect"), for a graceful
+  // stop: proxies reconnect to another replica at once instead of waiting for a timeout.
+  void CloseWatches();
+
+  class WatchReactor;
+
+ private:
+  friend class WatchReactor;
+
+  absl::Time Now() const { return options_.clock ? options_.clock() : absl::Now(); }
+
+  const IdentityServiceOptions options_;
+  CaManager* const ca_;
+  MeshState* const mesh_;
+  IssuanceAdmission* const admission_;
+  ControlPlaneMetrics* const metrics_;
+
+  absl::Mutex watches_mu_;
+  std::set<WatchReactor*> watches_ ABSL_GUARDED_BY(watches_mu_);
+  bool closing_ ABSL_GUARDED_BY(watches_mu_) = false;
+};
+
+// The trailing-metadata key that carries a retry hint in milliseconds on RESOURCE_EXHAUSTED and
+// UNAVAILABLE answers.
+inline constexpr char kRetryAfterMetadataKey[] = "retry-after-ms";
+
+}  // namespace trellis::control_plane
