@@ -27,6 +27,8 @@
 #include "common/identity/private_key.h"
 #include "common/identity/spiffe_id.h"
 #include "common/identity/trust_bundle.h"
+#include "cli/args.h"
+#include "cli/commands.h"
 #include "control-plane/ca/ca_files.h"
 
 namespace trellis::cli {
@@ -34,9 +36,6 @@ namespace {
 
 namespace ca = control_plane::ca;
 
-constexpr int kExitOk = 0;
-constexpr int kExitFailure = 1;
-constexpr int kExitUsage = 2;
 
 constexpr char kRootKeyFile[] = "root.key";
 
@@ -45,7 +44,9 @@ constexpr char kTopUsage[] = R"(Usage: trellisctl COMMAND [FLAGS]
 The Trellis service mesh operator tool.
 
 Commands:
-  ca init     Create a new mesh CA (a root and an intermediate) in a directory.
+  ca init           Create a new mesh CA (a root and an intermediate) in a directory.
+  ca rotate STEP    Rotate the root CA with no downtime (status, prepare, activate, retire).
+  join-token create Create a join token for a workload outside Kubernetes.
 
 Flags:
   -h, --help  Show this help. `trellisctl COMMAND --help` documents a command's flags.
@@ -57,8 +58,9 @@ constexpr char kCaUsage[] = R"(Usage: trellisctl ca SUBCOMMAND [FLAGS]
 
 Subcommands:
   init        Create a new mesh CA (a root and an intermediate) in a directory.
+  rotate      Rotate the root CA with no downtime (status, prepare, activate, retire).
 
-Run `trellisctl ca init --help` for its flags.
+Run `trellisctl ca init --help` or `trellisctl ca rotate --help` for their flags.
 )";
 
 constexpr char kCaInitUsage[] = R"(Usage: trellisctl ca init --dir DIR [FLAGS]
@@ -80,11 +82,6 @@ Flags:
   --force                   Overwrite existing CA files in DIR.
   -h, --help                Show this help.
 )";
-
-int UsageError(const std::string& message, const char* usage) {
-  std::cerr << "trellisctl: " << message << "\n\n" << usage;
-  return kExitUsage;
-}
 
 bool IsHelp(const std::string& arg) { return arg == "-h" || arg == "--help" || arg == "help"; }
 
@@ -278,6 +275,7 @@ int CaCommand(const std::vector<std::string>& args) {
     return kExitOk;
   }
   if (args[0] == "init") return CaInit({args.begin() + 1, args.end()});
+  if (args[0] == "rotate") return CaRotateCommand({args.begin() + 1, args.end()});
   return UsageError(absl::StrCat("ca: unknown subcommand \"", args[0], "\""), kCaUsage);
 }
 
@@ -289,6 +287,7 @@ int Main(int argc, char** argv) {
     return kExitOk;
   }
   if (args[0] == "ca") return CaCommand({args.begin() + 1, args.end()});
+  if (args[0] == "join-token") return JoinTokenCommand({args.begin() + 1, args.end()});
   if (absl::StartsWith(args[0], "-")) {
     return UsageError(absl::StrCat("unknown flag \"", args[0], "\""), kTopUsage);
   }
