@@ -220,6 +220,14 @@ int Run() {
     options.audience = absl::GetFlag(FLAGS_audience);
     options.jwks_path = absl::GetFlag(FLAGS_jwks_file);
     options.issuers = absl::StrSplit(absl::GetFlag(FLAGS_jwt_issuers), ',', absl::SkipEmpty());
+    options.on_reload = [path = options.jwks_path](const absl::Status& status) {
+      if (status.ok()) {
+        log::Info("JWKS reloaded", {{"file", path}});
+      } else {
+        log::Error("JWKS reload failed; the previous keys stay in use",
+                   {{"file", path}, {"error", std::string(status.message())}});
+      }
+    };
     auto created = KubernetesJwtAuthenticator::Create(std::move(options));
     if (!created.ok()) Die("cannot set up offline token verification", created.status());
     kubernetes = *std::move(created);
@@ -247,6 +255,14 @@ int Run() {
   if (!absl::GetFlag(FLAGS_join_tokens_file).empty()) {
     JoinTokenAuthenticatorOptions options;
     options.tokens_file = absl::GetFlag(FLAGS_join_tokens_file);
+    options.on_reload = [path = options.tokens_file](const absl::Status& status) {
+      if (status.ok()) {
+        log::Info("join tokens reloaded", {{"file", path}});
+      } else {
+        log::Error("join tokens reload failed; the previous tokens stay in use",
+                   {{"file", path}, {"error", std::string(status.message())}});
+      }
+    };
     auto created = JoinTokenAuthenticator::Create(std::move(options));
     if (!created.ok()) Die("cannot load the join tokens", created.status());
     join_tokens = *std::move(created);

@@ -55,8 +55,8 @@ absl::StatusOr<std::string> Base64UrlMember(const json& jwk, const char* name,
   }
   absl::StatusOr<std::string> bytes = DecodeBase64Url(it->get_ref<const std::string&>());
   if (!bytes.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("JWKS ", key_name, " member \"", name,
-                                                   "\": ", bytes.status().message()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("JWKS ", key_name, " member \"", name, "\": ", bytes.status().message()));
   }
   if (bytes->empty()) {
     return absl::InvalidArgumentError(
@@ -95,8 +95,8 @@ absl::StatusOr<crypto::UniquePtr<EVP_PKEY>> RsaPublicKey(const json& jwk,
     return absl::InvalidArgumentError(absl::StrCat("JWKS ", key_name, ": RSA modulus is even"));
   }
   if (!BN_is_odd(e.get()) || BN_is_one(e.get()) || BN_num_bits(e.get()) > kMaxRsaExponentBits) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "JWKS ", key_name, ": RSA exponent must be odd, above 1 and at most 64 bits"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("JWKS ", key_name, ": RSA exponent must be odd, above 1 and at most 64 bits"));
   }
   RsaPtr rsa(RSA_new());
   if (rsa == nullptr) return crypto::OpenSslInternalError("RSA_new failed");
@@ -120,9 +120,9 @@ absl::StatusOr<crypto::UniquePtr<EVP_PKEY>> EcPublicKey(const json& jwk,
   absl::StatusOr<std::string> y_bytes = Base64UrlMember(jwk, "y", key_name);
   if (!y_bytes.ok()) return y_bytes.status();
   if (x_bytes->size() != kP256CoordinateBytes || y_bytes->size() != kP256CoordinateBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "JWKS ", key_name, ": P-256 coordinates x and y must be 32 bytes each, not ",
-        x_bytes->size(), " and ", y_bytes->size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("JWKS ", key_name, ": P-256 coordinates x and y must be 32 bytes each, not ",
+                     x_bytes->size(), " and ", y_bytes->size()));
   }
   crypto::UniquePtr<BIGNUM> x = ToBignum(*x_bytes);
   crypto::UniquePtr<BIGNUM> y = ToBignum(*y_bytes);

@@ -51,8 +51,8 @@ absl::StatusOr<json> ParseJsonObject(const std::string& text, absl::string_view 
 absl::StatusOr<std::string> Es256SignatureToDer(const std::string& raw) {
   const auto* bytes = reinterpret_cast<const uint8_t*>(raw.data());
   crypto::UniquePtr<BIGNUM> r(BN_bin2bn(bytes, kEs256SignatureBytes / 2, nullptr));
-  crypto::UniquePtr<BIGNUM> s(BN_bin2bn(bytes + kEs256SignatureBytes / 2, kEs256SignatureBytes / 2,
-                                        nullptr));
+  crypto::UniquePtr<BIGNUM> s(
+      BN_bin2bn(bytes + kEs256SignatureBytes / 2, kEs256SignatureBytes / 2, nullptr));
   EcdsaSigPtr sig(ECDSA_SIG_new());
   if (r == nullptr || s == nullptr || sig == nullptr) {
     return crypto::OpenSslInternalError("allocating an ECDSA signature failed");
@@ -76,8 +76,7 @@ bool VerifySha256(EVP_PKEY* key, absl::string_view signed_data, const std::strin
   bool ok = ctx != nullptr &&
             EVP_DigestVerifyInit(ctx.get(), nullptr, EVP_sha256(), nullptr, key) == 1 &&
             EVP_DigestVerify(ctx.get(), reinterpret_cast<const uint8_t*>(signature.data()),
-                             signature.size(),
-                             reinterpret_cast<const uint8_t*>(signed_data.data()),
+                             signature.size(), reinterpret_cast<const uint8_t*>(signed_data.data()),
                              signed_data.size()) == 1;
   crypto::ClearOpenSslErrors();
   return ok;
@@ -88,16 +87,15 @@ bool VerifySha256(EVP_PKEY* key, absl::string_view signed_data, const std::strin
 absl::StatusOr<VerifiedJwt> VerifyJwt(absl::string_view token, const JwksKeySet& keys) {
   if (token.empty()) return absl::InvalidArgumentError("token is empty");
   if (token.size() > kMaxJwtSize) {
-    return absl::InvalidArgumentError(absl::StrCat("token of ", token.size(),
-                                                   " bytes is larger than the limit of ",
-                                                   kMaxJwtSize, " bytes"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "token of ", token.size(), " bytes is larger than the limit of ", kMaxJwtSize, " bytes"));
   }
   std::vector<absl::string_view> parts = absl::StrSplit(token, '.');
   if (parts.size() != 3) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("token has ", parts.size(),
-                     " dot-separated parts, not 3: expected a compact JWS (header.payload.signature)"
-                     "; JWE-encrypted and unsigned tokens are not accepted"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "token has ", parts.size(),
+        " dot-separated parts, not 3: expected a compact JWS (header.payload.signature)"
+        "; JWE-encrypted and unsigned tokens are not accepted"));
   }
 
   // The header: which algorithm and key.
@@ -142,9 +140,8 @@ absl::StatusOr<VerifiedJwt> VerifyJwt(absl::string_view token, const JwksKeySet&
   if (!signature.ok()) return signature.status();
   if (type == JwkType::kEc) {
     if (signature->size() != kEs256SignatureBytes) {
-      return absl::InvalidArgumentError(absl::StrCat("token ES256 signature has ",
-                                                     signature->size(),
-                                                     " bytes, not 64 (r||s, RFC 7518 3.4)"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "token ES256 signature has ", signature->size(), " bytes, not 64 (r||s, RFC 7518 3.4)"));
     }
     absl::StatusOr<std::string> der = Es256SignatureToDer(*signature);
     if (!der.ok()) return der.status();
@@ -158,7 +155,8 @@ absl::StatusOr<VerifiedJwt> VerifyJwt(absl::string_view token, const JwksKeySet&
   if (candidates.empty()) {
     if (kid.has_value()) {
       return absl::UnauthenticatedError(absl::StrCat(
-          "token key id (kid) ", QuoteUntrusted(*kid), " is not in the issuer's key set (", alg_name,
+          "token key id (kid) ", QuoteUntrusted(*kid), " is not in the issuer's key set (",
+          alg_name,
           " keys): the token comes from another issuer, or the issuer's keys rotated and the JWKS "
           "file is out of date (refresh it from `kubectl get --raw /openid/v1/jwks`)"));
     }
@@ -180,9 +178,9 @@ absl::StatusOr<VerifiedJwt> VerifyJwt(absl::string_view token, const JwksKeySet&
   if (verified_by == nullptr) {
     return absl::UnauthenticatedError(absl::StrCat(
         "token signature does not verify against ",
-        kid.has_value() ? absl::StrCat("the issuer's key ", QuoteUntrusted(*kid))
-                        : absl::StrCat("any of the issuer's ", candidates.size(), " ", alg_name,
-                                       " keys"),
+        kid.has_value()
+            ? absl::StrCat("the issuer's key ", QuoteUntrusted(*kid))
+            : absl::StrCat("any of the issuer's ", candidates.size(), " ", alg_name, " keys"),
         ": the token was altered or signed by another issuer"));
   }
 

@@ -19,11 +19,11 @@ inline constexpr size_t kMaxJwtSize = 16 * 1024;
 
 // A token whose signature verified.
 struct VerifiedJwt {
-  JwkType algorithm;       // RS256 or ES256
-  std::string kid;         // the header's kid, "" if it has none
-  std::string key_kid;     // the kid of the JWKS key that verified it ("" if that key has none)
-  nlohmann::json header;   // a JSON object
-  nlohmann::json claims;   // a JSON object: the payload
+  JwkType algorithm;      // RS256 or ES256
+  std::string kid;        // the header's kid, "" if it has none
+  std::string key_kid;    // the kid of the JWKS key that verified it ("" if that key has none)
+  nlohmann::json header;  // a JSON object
+  nlohmann::json claims;  // a JSON object: the payload
 };
 
 // Parses `token` as header.payload.signature (three unpadded base64url parts) and verifies the

@@ -163,9 +163,9 @@ absl::Status ReadJwksFile(const std::string& path, std::string* content, struct 
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;
-    return absl::Status(err == ENOENT ? absl::StatusCode::kNotFound
-                                      : absl::StatusCode::kFailedPrecondition,
-                        absl::StrCat("cannot open JWKS file ", path, ": ", std::strerror(err)));
+    return absl::Status(
+        err == ENOENT ? absl::StatusCode::kNotFound : absl::StatusCode::kFailedPrecondition,
+        absl::StrCat("cannot open JWKS file ", path, ": ", std::strerror(err)));
   }
   absl::Status status;
   if (fstat(fd, st) != 0) {
@@ -205,9 +205,9 @@ absl::StatusOr<std::unique_ptr<KubernetesJwtAuthenticator>> KubernetesJwtAuthent
     return absl::InvalidArgumentError("kubernetes_jwt: the audience is empty");
   }
   if (options.clock_skew < absl::ZeroDuration() || options.clock_skew > kMaxClockSkew) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("kubernetes_jwt: clock skew ", absl::FormatDuration(options.clock_skew),
-                     " is outside 0s..10m"));
+    return absl::InvalidArgumentError(absl::StrCat("kubernetes_jwt: clock skew ",
+                                                   absl::FormatDuration(options.clock_skew),
+                                                   " is outside 0s..10m"));
   }
   if (options.reload_interval < absl::ZeroDuration()) {
     return absl::InvalidArgumentError("kubernetes_jwt: the JWKS reload interval is negative");
@@ -318,8 +318,7 @@ absl::StatusOr<AuthenticatedIdentity> KubernetesJwtAuthenticator::Authenticate(
   // Issuer.
   const std::string* iss = StringMember(claims, "iss");
   if (iss == nullptr) return Refuse("token has no string \"iss\" (issuer) claim");
-  if (std::find(options_.issuers.begin(), options_.issuers.end(), *iss) ==
-      options_.issuers.end()) {
+  if (std::find(options_.issuers.begin(), options_.issuers.end(), *iss) == options_.issuers.end()) {
     std::vector<std::string> expected;
     for (const std::string& i : options_.issuers) expected.push_back(QuoteUntrusted(i));
     return Refuse(absl::StrCat(
@@ -376,17 +375,15 @@ absl::StatusOr<AuthenticatedIdentity> KubernetesJwtAuthenticator::Authenticate(
   absl::StatusOr<std::optional<absl::Time>> nbf = NumericDate(claims, "nbf");
   if (!nbf.ok()) return nbf.status();
   if (nbf->has_value() && now + skew < **nbf) {
-    return Refuse(absl::StrCat("token is not valid before ", Rfc3339(**nbf), " (now ",
-                               Rfc3339(now), ", clock skew allowed ",
-                               absl::FormatDuration(skew),
+    return Refuse(absl::StrCat("token is not valid before ", Rfc3339(**nbf), " (now ", Rfc3339(now),
+                               ", clock skew allowed ", absl::FormatDuration(skew),
                                "): check the clocks of the node and the control plane"));
   }
   absl::StatusOr<std::optional<absl::Time>> iat = NumericDate(claims, "iat");
   if (!iat.ok()) return iat.status();
   if (iat->has_value() && now + skew < **iat) {
     return Refuse(absl::StrCat("token was issued in the future, at ", Rfc3339(**iat), " (now ",
-                               Rfc3339(now), ", clock skew allowed ",
-                               absl::FormatDuration(skew),
+                               Rfc3339(now), ", clock skew allowed ", absl::FormatDuration(skew),
                                "): check the clocks of the node and the control plane"));
   }
 

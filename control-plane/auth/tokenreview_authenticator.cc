@@ -79,11 +79,10 @@ size_t AppendBody(char* data, size_t size, size_t nmemb, void* userdata) {
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot read the control plane's own token file ", path, ": ",
-                     std::strerror(errno),
-                     " (in a pod it is the service account token mounted at "
-                     "/var/run/secrets/kubernetes.io/serviceaccount/token)"));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot read the control plane's own token file ", path, ": ", std::strerror(errno),
+        " (in a pod it is the service account token mounted at "
+        "/var/run/secrets/kubernetes.io/serviceaccount/token)"));
   }
   std::string content;
   content.resize(kMaxTokenBytes + 1);
@@ -117,7 +116,8 @@ std::string StatusMessage(const std::string& body, absl::string_view token) {
 }  // namespace
 
 TokenReviewAuthenticator::TokenReviewAuthenticator(TokenReviewOptions options)
-    : options_(std::move(options)), review_url_(absl::StrCat(options_.api_server_url, kReviewPath)) {}
+    : options_(std::move(options)),
+      review_url_(absl::StrCat(options_.api_server_url, kReviewPath)) {}
 
 absl::StatusOr<std::unique_ptr<TokenReviewAuthenticator>> TokenReviewAuthenticator::Create(
     TokenReviewOptions options) {
@@ -135,8 +135,9 @@ absl::StatusOr<std::unique_ptr<TokenReviewAuthenticator>> TokenReviewAuthenticat
   if (std::FILE* f = std::fopen(options.ca_file.c_str(), "rb")) {
     std::fclose(f);
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("TokenReview: cannot read the API server's CA file ",
-                                                   options.ca_file, ": ", std::strerror(errno)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("TokenReview: cannot read the API server's CA file ", options.ca_file, ": ",
+                     std::strerror(errno)));
   }
   if (options.token_file.empty()) {
     return absl::InvalidArgumentError(
@@ -153,7 +154,8 @@ absl::StatusOr<std::unique_ptr<TokenReviewAuthenticator>> TokenReviewAuthenticat
   }
   if (!options.clock) options.clock = [] { return absl::Now(); };
   CurlGlobalInit();
-  return std::unique_ptr<TokenReviewAuthenticator>(new TokenReviewAuthenticator(std::move(options)));
+  return std::unique_ptr<TokenReviewAuthenticator>(
+      new TokenReviewAuthenticator(std::move(options)));
 }
 
 absl::StatusOr<TokenReviewOptions> TokenReviewAuthenticator::InClusterOptions(
@@ -191,8 +193,8 @@ absl::StatusOr<AuthenticatedIdentity> TokenReviewAuthenticator::Authenticate(
     return absl::UnauthenticatedError("TokenReview: no Kubernetes service-account token was given");
   }
   if (credential.size() > kMaxTokenBytes) {
-    return absl::UnauthenticatedError(absl::StrCat(
-        "TokenReview: the token is ", credential.size(), " bytes, more than any Kubernetes token"));
+    return absl::UnauthenticatedError(absl::StrCat("TokenReview: the token is ", credential.size(),
+                                                   " bytes, more than any Kubernetes token"));
   }
   const bool caching = options_.cache_ttl > absl::ZeroDuration() && options_.cache_max_entries > 0;
   std::string key;
@@ -217,9 +219,9 @@ void TokenReviewAuthenticator::CachePut(const std::string& key,
   if (!cache_.contains(key) && cache_.size() >= options_.cache_max_entries) {
     absl::erase_if(cache_, [now](const auto& kv) { return kv.second.expires <= now; });
     if (cache_.size() >= options_.cache_max_entries) {
-      auto oldest = std::min_element(cache_.begin(), cache_.end(), [](const auto& a, const auto& b) {
-        return a.second.expires < b.second.expires;
-      });
+      auto oldest = std::min_element(
+          cache_.begin(), cache_.end(),
+          [](const auto& a, const auto& b) { return a.second.expires < b.second.expires; });
       cache_.erase(oldest);
     }
   }
@@ -292,19 +294,18 @@ absl::StatusOr<AuthenticatedIdentity> TokenReviewAuthenticator::Review(absl::str
   if (rc != CURLE_OK) {
     const std::string why = error_buffer[0] != '\0' ? error_buffer : curl_easy_strerror(rc);
     if (rc == CURLE_OPERATION_TIMEDOUT) {
-      return absl::UnavailableError(absl::StrCat("TokenReview: the API server at ",
-                                                 options_.api_server_url, " did not answer within ",
-                                                 absl::FormatDuration(options_.request_timeout),
-                                                 " (", why, ")"));
+      return absl::UnavailableError(absl::StrCat(
+          "TokenReview: the API server at ", options_.api_server_url, " did not answer within ",
+          absl::FormatDuration(options_.request_timeout), " (", why, ")"));
     }
     if (rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CACERT_BADFILE) {
-      return absl::UnavailableError(absl::StrCat(
-          "TokenReview: the API server's certificate at ", options_.api_server_url,
-          " does not verify against the CA file ", options_.ca_file, " (", why, ")"));
+      return absl::UnavailableError(
+          absl::StrCat("TokenReview: the API server's certificate at ", options_.api_server_url,
+                       " does not verify against the CA file ", options_.ca_file, " (", why, ")"));
     }
     if (rc == CURLE_WRITE_ERROR) {
-      return absl::UnavailableError(absl::StrCat("TokenReview: the API server's answer is larger than ",
-                                                 kMaxResponseBytes, " bytes"));
+      return absl::UnavailableError(absl::StrCat(
+          "TokenReview: the API server's answer is larger than ", kMaxResponseBytes, " bytes"));
     }
     return absl::UnavailableError(absl::StrCat("TokenReview: cannot reach the API server at ",
                                                options_.api_server_url, ": ", why));
@@ -338,9 +339,9 @@ absl::StatusOr<AuthenticatedIdentity> TokenReviewAuthenticator::Review(absl::str
       nlohmann::json::parse(response_body, nullptr, /*allow_exceptions=*/false);
   if (!answer.is_object() || string_field(answer, "kind") != "TokenReview" ||
       !answer.contains("status") || !answer["status"].is_object()) {
-    return absl::UnavailableError(absl::StrCat(
-        "TokenReview: the API server's answer (HTTP ", http_status, ", ", response_body.size(),
-        " bytes) is not a TokenReview with a status"));
+    return absl::UnavailableError(absl::StrCat("TokenReview: the API server's answer (HTTP ",
+                                               http_status, ", ", response_body.size(),
+                                               " bytes) is not a TokenReview with a status"));
   }
   const nlohmann::json& status = answer["status"];
   auto authenticated = status.find("authenticated");
@@ -367,8 +368,7 @@ absl::StatusOr<AuthenticatedIdentity> TokenReviewAuthenticator::Review(absl::str
 
   static const nlohmann::json kEmpty = nlohmann::json::object();
   auto user_it = status.find("user");
-  const nlohmann::json& user =
-      user_it != status.end() && user_it->is_object() ? *user_it : kEmpty;
+  const nlohmann::json& user = user_it != status.end() && user_it->is_object() ? *user_it : kEmpty;
   const std::string username = string_field(user, "username");
   std::vector<absl::string_view> parts;
   if (absl::StartsWith(username, kServiceAccountPrefix)) {
@@ -383,9 +383,9 @@ absl::StatusOr<AuthenticatedIdentity> TokenReviewAuthenticator::Review(absl::str
   absl::StatusOr<identity::SpiffeId> id =
       identity::SpiffeId::ForKubernetesServiceAccount(options_.trust_domain, parts[0], parts[1]);
   if (!id.ok()) {
-    return absl::PermissionDeniedError(absl::StrCat(
-        "TokenReview: service account \"", Quote(username, token),
-        "\" does not make a SPIFFE ID: ", id.status().message()));
+    return absl::PermissionDeniedError(
+        absl::StrCat("TokenReview: service account \"", Quote(username, token),
+                     "\" does not make a SPIFFE ID: ", id.status().message()));
   }
 
   AuthenticatedIdentity result{*std::move(id), std::string(name()), ""};

@@ -59,8 +59,7 @@ class TokenReviewAuthenticator : public Authenticator {
   // KUBERNETES_SERVICE_PORT, ca.crt and token from `service_account_dir`. Other fields are
   // taken from `base`. FailedPrecondition if not running in a cluster.
   static absl::StatusOr<TokenReviewOptions> InClusterOptions(
-      TokenReviewOptions base = {},
-      absl::string_view service_account_dir = kServiceAccountDir);
+      TokenReviewOptions base = {}, absl::string_view service_account_dir = kServiceAccountDir);
 
   // Create(InClusterOptions(base)).
   static absl::StatusOr<std::unique_ptr<TokenReviewAuthenticator>> FromInCluster(
