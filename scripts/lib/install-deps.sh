@@ -14,7 +14,7 @@ TRELLIS_DEBIAN_PACKAGES=(
   # Libraries, found through pkg-config by //third_party/system:system_libs.bzl.
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev libabsl-dev
   libssl-dev openssl libgtest-dev libgmock-dev googletest android-libboringssl-dev
-  nlohmann-json3-dev libbenchmark-dev libcpp-httplib-dev
+  nlohmann-json3-dev libbenchmark-dev libcpp-httplib-dev libcurl4-openssl-dev
   # Tools the tests and the demo use.
   python3 curl iproute2 iptables ca-certificates
 )
