@@ -7,12 +7,14 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <iostream>
 #include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <grpcpp/ext/health_check_service_server_builder_option.h>
+#include <grpc/support/log.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/tls_certificate_provider.h>
@@ -23,6 +25,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
+#include "absl/flags/internal/program_name.h"
+#include "absl/flags/internal/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/admin/http_admin.h"
@@ -90,7 +94,13 @@ ABSL_FLAG(absl::Duration, backdate, absl::Minutes(5),
 ABSL_FLAG(absl::Duration, renew_spread, absl::Minutes(5),
           "After the signing CA changes, proxies are told to renew within this window.");
 ABSL_FLAG(int, max_concurrent_signings, 0,
-          "Signings running at once; 0 means the number of usable cores.");
+          "Issuances processed at once (token and CSR checks, signing); 0 means twice the "
+          "number of usable cores. Callers beyond that wait briefly, then get UNAVAILABLE with a "
+          "retry-after-ms hint.");
+ABSL_FLAG(absl::Duration, renewal_queue_wait, absl::Milliseconds(250),
+          "How long a renewal may wait for a free slot before it is told to come back later.");
+ABSL_FLAG(absl::Duration, first_issuance_queue_wait, absl::Seconds(2),
+          "How long a first issuance may wait for a free slot (they are served before renewals).");
 ABSL_FLAG(int, reserved_first_issuance_slots, 1,
           "Of those, slots only first issuances may use (renewal storms cannot starve new pods).");
 ABSL_FLAG(double, per_identity_rate, 1.0, "Issuances per second allowed per identity.");
@@ -113,14 +123,20 @@ void OnSignal(int signal) {
   }
 }
 
+// gRPC core logs through gpr_log; route it into our JSON lines so that every line on stderr is
+// one JSON object an operator's log pipeline can parse.
+void GrpcLog(gpr_log_func_args* args) {
+  const log::Level level = args->severity == GPR_LOG_SEVERITY_ERROR ? log::Level::kError
+                           : args->severity == GPR_LOG_SEVERITY_INFO ? log::Level::kInfo
+                                                                     : log::Level::kDebug;
+  log::Log(level, args->message != nullptr ? args->message : "",
+           {{"source", "grpc"}, {"file", args->file != nullptr ? args->file : ""},
+            {"line", args->line}});
+}
+
 [[noreturn]] void Die(absl::string_view what, const absl::Status& status) {
   log::Error(what, {{"error", std::string(status.message())}});
   std::exit(1);
-}
-
-std::string Require(absl::StatusOr<std::string> value, absl::string_view what) {
-  if (!value.ok()) Die(what, value.status());
-  return *std::move(value);
 }
 
 // Watches the deny-list file and publishes it; keeps the last good list on a bad edit.
@@ -272,7 +288,9 @@ int Run() {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   admission_options.max_concurrent = absl::GetFlag(FLAGS_max_concurrent_signings) > 0
                                          ? absl::GetFlag(FLAGS_max_concurrent_signings)
-                                         : cores;
+                                         : 2 * cores;
+  admission_options.renewal_wait = absl::GetFlag(FLAGS_renewal_queue_wait);
+  admission_options.first_issuance_wait = absl::GetFlag(FLAGS_first_issuance_queue_wait);
   admission_options.reserved_for_first_issuance = absl::GetFlag(FLAGS_reserved_first_issuance_slots);
   admission_options.per_identity_rate_per_second = absl::GetFlag(FLAGS_per_identity_rate);
   admission_options.per_identity_burst = absl::GetFlag(FLAGS_per_identity_burst);
@@ -382,8 +400,9 @@ int Run() {
 }  // namespace trellis::control_plane
 
 int main(int argc, char** argv) {
+  gpr_set_log_function(trellis::control_plane::GrpcLog);
   absl::SetProgramUsageMessage(
-      "trellis-control-plane: the Trellis mesh certificate authority.\n"
+      "the Trellis mesh certificate authority.\n"
       "Issues short-lived SPIFFE workload certificates over gRPC (trellis.identity.v1.Identity)\n"
       "and streams the trust bundle and revocation deny-list to every proxy.\n\n"
       "Usage: trellis-control-plane --ca_dir=DIR [flags]\n"
@@ -394,6 +413,16 @@ int main(int argc, char** argv) {
   usage.contains_help_flags = [](absl::string_view) { return true; };
   usage.contains_helpshort_flags = [](absl::string_view) { return true; };
   absl::SetFlagsUsageConfig(usage);
+  absl::flags_internal::SetProgramInvocationName(argv[0]);
+  // Debian's abseil exits 1 after --help; an operator asking for help has not made an error.
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-help" || arg == "--helpfull" || arg == "-h") {
+      absl::flags_internal::FlagsHelp(std::cout, "", absl::flags_internal::HelpFormat::kHumanReadable,
+                                      absl::ProgramUsageMessage());
+      return 0;
+    }
+  }
   absl::ParseCommandLine(argc, argv);
   signal(SIGPIPE, SIG_IGN);
   struct sigaction action = {};

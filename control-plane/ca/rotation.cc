@@ -134,12 +134,14 @@ absl::StatusOr<std::string> PrepareRotation(const RotationOptions& options) {
   absl::StatusOr<identity::PrivateKey> ca_key = identity::PrivateKey::GenerateEcdsaP256();
   if (!root_key.ok()) return root_key.status();
   if (!ca_key.ok()) return ca_key.status();
-  identity::CaCertificateSpec root_spec{options.root_common_name, "Trellis",
+  // A date in the names tells the generations apart in `status`, logs and `openssl x509`.
+  const std::string generation = absl::FormatTime(" %Y-%m-%d %H:%M", options.now, absl::UTCTimeZone());
+  identity::CaCertificateSpec root_spec{options.root_common_name + generation, "Trellis",
                                         options.now - absl::Minutes(5),
                                         options.now + options.root_ttl, 1};
   absl::StatusOr<identity::Certificate> root = identity::CreateRootCertificate(*root_key, root_spec);
   if (!root.ok()) return root.status();
-  identity::CaCertificateSpec ca_spec{options.intermediate_common_name, "Trellis",
+  identity::CaCertificateSpec ca_spec{options.intermediate_common_name + generation, "Trellis",
                                       options.now - absl::Minutes(5),
                                       options.now + options.intermediate_ttl, 0};
   absl::StatusOr<identity::Certificate> intermediate =

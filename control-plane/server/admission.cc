@@ -51,14 +51,24 @@ absl::Duration IssuanceAdmission::JitteredRetry() {
 }
 
 IssuanceAdmission::Decision IssuanceAdmission::Admit(const std::string& identity, bool renewal) {
+  Decision decision = CheckRate(identity);
+  if (!decision.status.ok()) return decision;
+  return AcquireSlot(renewal);
+}
+
+IssuanceAdmission::Decision IssuanceAdmission::CheckRate(const std::string& identity) {
   Decision decision;
   if (!TakeRateToken(identity, &decision.retry_after)) {
     decision.status = absl::ResourceExhaustedError(absl::StrCat(
         identity, " asked for certificates too often (limit ", options_.per_identity_rate_per_second,
         "/s, burst ", options_.per_identity_burst, "); retry after ",
         absl::FormatDuration(decision.retry_after)));
-    return decision;
   }
+  return decision;
+}
+
+IssuanceAdmission::Decision IssuanceAdmission::AcquireSlot(bool renewal) {
+  Decision decision;
   const int renewal_slots = std::max(1, options_.max_concurrent - options_.reserved_for_first_issuance);
   absl::MutexLock lock(&mu_);
   // A renewal also yields to any first issuance already waiting.

@@ -48,7 +48,17 @@ class IssuanceAdmission {
     absl::Duration retry_after;  // meaningful when !status.ok()
   };
 
+  // CheckRate, then AcquireSlot.
   Decision Admit(const std::string& identity, bool renewal);
+
+  // Takes a signing slot, waiting a bounded time. Called before any expensive work (token and
+  // CSR verification, signing), so a refusal under overload costs almost nothing.
+  Decision AcquireSlot(bool renewal);
+
+  // The per-identity rate limit, once the identity is known. Takes no slot.
+  Decision CheckRate(const std::string& identity);
+
+  // Gives back a slot taken by Admit or AcquireSlot.
   void Release();
 
   int in_flight() const;

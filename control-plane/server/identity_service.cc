@@ -61,13 +61,25 @@ std::vector<identity::Certificate> PeerChain(const grpc::ServerContext& context)
   std::vector<identity::Certificate> chain;
   std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
   if (auth == nullptr) return chain;
-  for (const char* property :
-       {GRPC_X509_PEM_CERT_CHAIN_PROPERTY_NAME, GRPC_X509_PEM_CERT_PROPERTY_NAME}) {
-    std::vector<grpc::string_ref> values = auth->FindPropertyValues(property);
-    if (values.empty()) continue;
+  // The leaf is x509_pem_cert. On a server, x509_pem_cert_chain comes from
+  // SSL_get_peer_cert_chain, which leaves the peer's own certificate out: it holds only what
+  // followed the leaf (and, with some peers, the leaf again), so it supplies intermediates.
+  std::vector<grpc::string_ref> leaf = auth->FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME);
+  if (leaf.empty()) return chain;
+  absl::StatusOr<identity::Certificate> parsed_leaf =
+      identity::Certificate::FromPem(absl::string_view(leaf[0].data(), leaf[0].size()));
+  if (!parsed_leaf.ok()) return chain;
+  chain.push_back(*parsed_leaf);
+  std::vector<grpc::string_ref> rest =
+      auth->FindPropertyValues(GRPC_X509_PEM_CERT_CHAIN_PROPERTY_NAME);
+  if (!rest.empty()) {
     absl::StatusOr<std::vector<identity::Certificate>> parsed =
-        identity::ParsePemChain(absl::string_view(values[0].data(), values[0].size()));
-    if (parsed.ok()) return *std::move(parsed);
+        identity::ParsePemChain(absl::string_view(rest[0].data(), rest[0].size()));
+    if (parsed.ok()) {
+      for (identity::Certificate& cert : *parsed) {
+        if (cert != chain.front()) chain.push_back(std::move(cert));
+      }
+    }
   }
   return chain;
 }
@@ -79,6 +91,29 @@ struct Outcome {
   std::string spiffe_id;
   absl::Duration retry_after;
 };
+
+// Counts, logs (refusals) and turns the outcome into the gRPC answer.
+grpc::Status FinishIssuance(ControlPlaneMetrics* metrics_, grpc::ServerContext* context,
+                            absl::Time start, const Outcome& outcome) {
+  metrics_->CountIssuance(ResultLabel(outcome.status.code()), outcome.authenticator);
+  if (outcome.status.ok()) {
+    metrics_->ObserveIssuanceLatency(absl::Now() - start);
+    return grpc::Status::OK;
+  }
+  nlohmann::json fields = {{"result", std::string(ResultLabel(outcome.status.code()))},
+                           {"authenticator", outcome.authenticator},
+                           {"reason", std::string(outcome.status.message())},
+                           {"peer", context->peer()}};
+  if (!outcome.spiffe_id.empty()) fields["spiffe_id"] = outcome.spiffe_id;
+  if (outcome.retry_after > absl::ZeroDuration()) {
+    const int64_t ms = absl::ToInt64Milliseconds(outcome.retry_after);
+    context->AddTrailingMetadata(kRetryAfterMetadataKey, std::to_string(ms));
+    fields["retry_after_ms"] = ms;
+  }
+  log::Warn("issuance refused", fields);
+  return grpc::Status(ToGrpcCode(outcome.status.code()), std::string(outcome.status.message()));
+}
+
 
 }  // namespace
 
@@ -99,7 +134,37 @@ grpc::Status IdentityService::IssueCertificate(grpc::ServerContext* context,
                                                IssueCertificateResponse* response) {
   const absl::Time start = absl::Now();
   Outcome outcome;
-  bool renewal = false;
+  bool renewal = request->credential_case() == IssueCertificateRequest::CREDENTIAL_NOT_SET;
+
+  // The requested lifetime is checked first: a request that cannot succeed must not spend a
+  // single-use join token or a rate-limit token.
+  absl::Duration ttl = absl::ZeroDuration();
+  if (request->has_requested_ttl()) {
+    ttl = absl::Seconds(request->requested_ttl().seconds()) +
+          absl::Nanoseconds(request->requested_ttl().nanos());
+    const ca::LocalSignerOptions& limits = ca_->signer()->options();
+    if (ttl != absl::ZeroDuration() && (ttl < limits.min_ttl || ttl > limits.max_ttl)) {
+      outcome.status = absl::InvalidArgumentError(absl::StrCat(
+          "requested TTL ", absl::FormatDuration(ttl), " is outside the allowed range [",
+          absl::FormatDuration(limits.min_ttl), ", ", absl::FormatDuration(limits.max_ttl),
+          "]; ask for a lifetime in range, or leave it unset for the default"));
+      return FinishIssuance(metrics_, context, start, outcome);
+    }
+  }
+
+  // 0. May it run now? Bounded concurrency (first issuances before renewals) decided before any
+  // expensive work, so refusing under overload is cheap.
+  IssuanceAdmission::Decision slot = admission_->AcquireSlot(renewal);
+  if (!slot.status.ok()) {
+    outcome.status = slot.status;
+    outcome.retry_after = slot.retry_after;
+    outcome.authenticator = renewal ? "renewal" : "none";
+    return FinishIssuance(metrics_, context, start, outcome);
+  }
+  struct SlotGuard {
+    IssuanceAdmission* admission;
+    ~SlotGuard() { admission->Release(); }
+  } guard{admission_};
 
   // 1. Who is the caller? Only the credential says; never the CSR.
   absl::StatusOr<AuthenticatedIdentity> who = absl::UnauthenticatedError("unset");
@@ -187,34 +252,22 @@ grpc::Status IdentityService::IssueCertificate(grpc::ServerContext* context,
     }
   }
 
-  absl::Duration ttl = absl::ZeroDuration();
-  if (outcome.status.ok() && request->has_requested_ttl()) {
-    ttl = absl::Seconds(request->requested_ttl().seconds()) +
-          absl::Nanoseconds(request->requested_ttl().nanos());
-    if (ttl < absl::ZeroDuration()) {
-      outcome.status = absl::InvalidArgumentError("requested_ttl is negative");
-    }
-  }
 
-  // 2. May it run now? Bounded concurrency, first issuances before renewals, per-identity rate.
-  bool admitted = false;
+  // 2. The per-identity rate limit, now that the identity is known.
   if (outcome.status.ok()) {
-    IssuanceAdmission::Decision decision = admission_->Admit(outcome.spiffe_id, renewal);
-    if (decision.status.ok()) {
-      admitted = true;
-    } else {
+    IssuanceAdmission::Decision decision = admission_->CheckRate(outcome.spiffe_id);
+    if (!decision.status.ok()) {
       outcome.status = decision.status;
       outcome.retry_after = decision.retry_after;
     }
   }
 
   // 3. Sign and answer.
-  if (admitted) {
+  if (outcome.status.ok()) {
     signer = ca_->signer();
     const absl::Time now = Now();
     absl::StatusOr<std::vector<identity::Certificate>> chain =
         signer->SignLeaf(csr->public_key.get(), who->spiffe_id, ttl, {});
-    admission_->Release();
     if (!chain.ok()) {
       outcome.status = chain.status();
     } else {
@@ -239,23 +292,7 @@ grpc::Status IdentityService::IssueCertificate(grpc::ServerContext* context,
     }
   }
 
-  metrics_->CountIssuance(ResultLabel(outcome.status.code()), outcome.authenticator);
-  if (outcome.status.ok()) {
-    metrics_->ObserveIssuanceLatency(absl::Now() - start);
-    return grpc::Status::OK;
-  }
-  nlohmann::json fields = {{"result", std::string(ResultLabel(outcome.status.code()))},
-                           {"authenticator", outcome.authenticator},
-                           {"reason", std::string(outcome.status.message())},
-                           {"peer", context->peer()}};
-  if (!outcome.spiffe_id.empty()) fields["spiffe_id"] = outcome.spiffe_id;
-  if (outcome.retry_after > absl::ZeroDuration()) {
-    const int64_t ms = absl::ToInt64Milliseconds(outcome.retry_after);
-    context->AddTrailingMetadata(kRetryAfterMetadataKey, std::to_string(ms));
-    fields["retry_after_ms"] = ms;
-  }
-  log::Warn("issuance refused", fields);
-  return grpc::Status(ToGrpcCode(outcome.status.code()), std::string(outcome.status.message()));
+  return FinishIssuance(metrics_, context, start, outcome);
 }
 
 // === impl WatchReactor ===

@@ -313,7 +313,9 @@ absl::Status FileCredentialSource::Reload(Trigger trigger) {
 
 absl::Status FileCredentialSource::Start() {
   if (thread_.joinable()) return absl::FailedPreconditionError("already started");
-  thread_ = std::thread([this] { Run(); });
+  // Watch before returning, so that any change made after Start() is seen.
+  const bool watches_ok = !polling() && RefreshWatches();
+  thread_ = std::thread([this, watches_ok] { Run(watches_ok); });
   return absl::OkStatus();
 }
 
@@ -422,9 +424,8 @@ std::vector<FileCredentialSource::FileStamp> FileCredentialSource::StampFiles() 
   return stamps;
 }
 
-void FileCredentialSource::Run() {
+void FileCredentialSource::Run(bool watches_ok) {
   const bool use_inotify = !polling();
-  bool watches_ok = use_inotify && RefreshWatches();
   // Files may have changed between LoadNow() and the watches being set: look once at the start
   // (a no-op when nothing changed). The first poll does the same in polling mode.
   std::optional<absl::Duration> reload_at = Mono();

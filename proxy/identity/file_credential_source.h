@@ -105,7 +105,9 @@ class FileCredentialSource {
   // says what is wrong) and nothing changed. Counts and logs like every reload.
   absl::Status LoadNow();
 
-  // Starts the watcher thread. FailedPrecondition if already started.
+  // Sets up the watches and starts the watcher thread; changes made after it returns are seen,
+  // and the thread also looks once at the files at start, for changes since LoadNow().
+  // FailedPrecondition if already started.
   absl::Status Start();
 
   // Stops and joins the watcher thread. Idempotent; the source can be started again.
@@ -153,7 +155,8 @@ class FileCredentialSource {
 
   std::vector<std::string> Files() const;
   absl::Status Reload(Trigger trigger);
-  void Run();
+  // The watcher thread's loop; `watches_ok` says whether Start() could watch every directory.
+  void Run(bool watches_ok);
   // Adds watches for every directory the files (and their symlink targets) live in and drops
   // watches no longer needed. Returns false if some directory could not be watched.
   bool RefreshWatches();
@@ -168,7 +171,7 @@ class FileCredentialSource {
   const ScopedFd inotify_fd_;  // -1 when inotify is unavailable
   const ScopedFd wake_fd_;     // eventfd that Stop() writes to wake the watcher
 
-  std::vector<Watch> watches_;  // watcher thread only
+  std::vector<Watch> watches_;  // Start(), then the watcher thread only
 
   absl::Mutex mu_;  // serialises reloads
   std::string published_digest_ ABSL_GUARDED_BY(mu_);  // SHA-256 of the published files' bytes

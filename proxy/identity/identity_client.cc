@@ -1,0 +1,420 @@
+#include "proxy/identity/identity_client.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <random>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "common/identity/certificate.h"
+#include "common/identity/csr.h"
+#include "common/identity/private_key.h"
+#include "common/log/json_log.h"
+#include "trellis/identity/v1/identity.grpc.pb.h"
+
+namespace trellis::proxy {
+namespace {
+
+namespace v1 = trellis::identity::v1;
+
+absl::Time FromProto(const google::protobuf::Timestamp& ts) {
+  return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
+}
+
+google::protobuf::Duration ToProto(absl::Duration d) {
+  google::protobuf::Duration out;
+  const int64_t nanos = absl::ToInt64Nanoseconds(d);
+  out.set_seconds(nanos / 1000000000);
+  out.set_nanos(static_cast<int32_t>(nanos % 1000000000));
+  return out;
+}
+
+// A credential file's content without surrounding whitespace; empty if it cannot be read.
+std::string ReadCredential(const std::string& path) {
+  if (path.empty()) return "";
+  absl::StatusOr<std::string> text = identity::ReadFileToString(path);
+  if (!text.ok()) return "";
+  return std::string(absl::StripAsciiWhitespace(*text));
+}
+
+absl::StatusOr<tls::DenyList> DenyListFrom(const v1::WatchResponse& response) {
+  std::vector<std::string> serials;
+  std::vector<std::string> ids;
+  for (const v1::DeniedEntry& entry : response.denied()) {
+    if (entry.has_serial_hex()) serials.push_back(entry.serial_hex());
+    if (entry.has_spiffe_id()) ids.push_back(entry.spiffe_id());
+  }
+  return tls::DenyList::Create(serials, ids);
+}
+
+}  // namespace
+
+// === impl IdentityClient::Impl ===
+
+class IdentityClient::Impl {
+ public:
+  Impl(IdentityClientOptions options, ContextStore* store, ProxyStats* stats, std::string roots)
+      : options_(std::move(options)), store_(store), stats_(stats), roots_pem_(std::move(roots)) {}
+
+  void Start() {
+    renew_thread_ = std::thread([this] { RenewLoop(); });
+    watch_thread_ = std::thread([this] { WatchLoop(); });
+  }
+
+  void Stop() {
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;
+      stopping_ = true;
+      if (watch_context_ != nullptr) watch_context_->TryCancel();
+    }
+    if (renew_thread_.joinable()) renew_thread_.join();
+    if (watch_thread_.joinable()) watch_thread_.join();
+  }
+
+  bool WaitForFirstCertificate(absl::Duration timeout) {
+    absl::MutexLock lock(&mu_);
+    auto have = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return status_.rotation_count > 0; };
+    mu_.AwaitWithTimeout(absl::Condition(&have), timeout);
+    return have();
+  }
+
+  IdentityClientStatus status() const {
+    absl::MutexLock lock(&mu_);
+    return status_;
+  }
+
+  std::function<void(const tls::DenyList&)> on_trust_update;
+
+ private:
+  absl::Time Now() const { return options_.clock ? options_.clock() : absl::Now(); }
+
+  double Sample() {
+    absl::MutexLock lock(&rng_mu_);
+    return std::uniform_real_distribution<double>(0.0, 1.0)(rng_);
+  }
+
+  std::shared_ptr<grpc::Channel> MakeChannel(const std::string& key_pem,
+                                             const std::string& chain_pem) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = roots_pem_;
+    ssl.pem_private_key = key_pem;
+    ssl.pem_cert_chain = chain_pem;
+    grpc::ChannelArguments args;
+    // Dial whatever address we were given, but insist on the control plane's DNS name.
+    args.SetSslTargetNameOverride(options_.control_plane_name);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+    return grpc::CreateCustomChannel(options_.control_plane_address, grpc::SslCredentials(ssl),
+                                     args);
+  }
+
+  // One issuance attempt. On success the new certificate is in use. `retry_after` receives the
+  // control plane's hint on refusals that carry one.
+  absl::Status IssueOnce(absl::Duration* retry_after) {
+    absl::StatusOr<identity::PrivateKey> key = identity::PrivateKey::GenerateEcdsaP256();
+    if (!key.ok()) return key.status();
+    absl::StatusOr<std::string> csr = identity::CreateCsrDer(*key);
+    if (!csr.ok()) return csr.status();
+    v1::IssueCertificateRequest request;
+    request.set_csr_der(*csr);
+    if (options_.requested_ttl > absl::ZeroDuration()) {
+      *request.mutable_requested_ttl() = ToProto(options_.requested_ttl);
+    }
+    std::optional<Credentials> current = store_->credentials();
+    const bool current_valid = current.has_value() && current->chain.front().not_after() > Now();
+    std::string mode;
+    std::shared_ptr<grpc::Channel> channel;
+    const std::string token = ReadCredential(options_.token_file);
+    if (!token.empty()) {
+      request.set_kubernetes_token(token);
+      mode = "kubernetes_token";
+    } else if (current_valid) {
+      mode = "certificate";  // renewal: the current certificate authenticates us
+    } else if (const std::string join = ReadCredential(options_.join_token_file); !join.empty()) {
+      request.set_join_token(join);
+      mode = "join_token";
+    } else {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "no credential: the token file \"",
+          options_.token_file.empty() ? options_.join_token_file : options_.token_file,
+          "\" is missing or empty, and there is no valid certificate to renew with"));
+    }
+    if (mode == "certificate") {
+      absl::StatusOr<std::string> key_pem = current->key->ToPem();
+      if (!key_pem.ok()) return key_pem.status();
+      channel = MakeChannel(*key_pem, identity::ToPemChain(current->chain));
+    } else {
+      channel = MakeChannel("", "");
+    }
+    std::unique_ptr<v1::Identity::Stub> stub = v1::Identity::NewStub(channel);
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         absl::ToChronoMilliseconds(options_.call_timeout));
+    v1::IssueCertificateResponse response;
+    const grpc::Status status = stub->IssueCertificate(&context, request, &response);
+    if (!status.ok()) {
+      const auto& trailers = context.GetServerTrailingMetadata();
+      if (auto it = trailers.find("retry-after-ms"); it != trailers.end()) {
+        int64_t ms = 0;
+        if (absl::SimpleAtoi(absl::string_view(it->second.data(), it->second.size()), &ms)) {
+          *retry_after = absl::Milliseconds(ms);
+        }
+      }
+      {
+        absl::MutexLock lock(&mu_);
+        status_.control_plane_reachable = status.error_code() != grpc::StatusCode::UNAVAILABLE &&
+                                          status.error_code() !=
+                                              grpc::StatusCode::DEADLINE_EXCEEDED;
+      }
+      return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                          absl::StrCat("IssueCertificate (", mode, "): ", status.error_message()));
+    }
+
+    std::vector<identity::Certificate> chain;
+    for (const std::string& der : response.cert_chain_der()) {
+      absl::StatusOr<identity::Certificate> cert = identity::Certificate::FromDer(der);
+      if (!cert.ok()) return cert.status();
+      chain.push_back(*std::move(cert));
+    }
+    if (chain.empty()) return absl::InternalError("the control plane sent no certificate");
+    std::vector<std::string> roots(response.trust_bundle_der().begin(),
+                                   response.trust_bundle_der().end());
+    absl::StatusOr<identity::TrustBundle> bundle = identity::TrustBundle::FromDer(roots);
+    if (!bundle.ok()) return bundle.status();
+    Credentials next{std::move(chain), nullptr, *std::move(bundle),
+                     current.has_value() ? current->deny_list : tls::DenyList()};
+    {
+      // A Watch snapshot is newer than what came with the certificate.
+      absl::MutexLock lock(&mu_);
+      if (pending_deny_list_.has_value()) next.deny_list = *pending_deny_list_;
+      if (pending_bundle_.has_value()) next.bundle = *pending_bundle_;
+    }
+    next.key = std::make_shared<const identity::PrivateKey>(*std::move(key));
+    const identity::Certificate leaf = next.chain.front();
+    if (absl::Status s = store_->Update(next); !s.ok()) return s;
+
+    stats_->certificate_not_after_seconds = absl::ToUnixSeconds(leaf.not_after());
+    stats_->trust_bundle_roots = static_cast<int64_t>(next.bundle.roots().size());
+    stats_->rotations.fetch_add(1);
+    stats_->credential_reloads_ok.fetch_add(1);
+    CertificateTimes times{leaf.not_before(), leaf.not_after(), std::nullopt};
+    if (response.has_refresh_after()) times.refresh_after = FromProto(response.refresh_after());
+    absl::MutexLock lock(&mu_);
+    cert_times_ = times;
+    status_.rotation_count++;
+    status_.control_plane_reachable = true;
+    status_.last_error.clear();
+    log::Info("workload certificate installed",
+              {{"spiffe_id", response.spiffe_id()},
+               {"serial", leaf.serial_hex()},
+               {"not_after", absl::FormatTime(leaf.not_after())},
+               {"authenticated_with", mode},
+               {"rotation", status_.rotation_count}});
+    return absl::OkStatus();
+  }
+
+  void RenewLoop() {
+    int attempt = 0;
+    while (true) {
+      absl::Duration hint = absl::ZeroDuration();
+      const absl::Status status = IssueOnce(&hint);
+      absl::Time wake;
+      {
+        absl::MutexLock lock(&mu_);
+        if (stopping_) return;
+        const absl::Time now = Now();
+        if (status.ok()) {
+          attempt = 0;
+          wake = NextRefresh(now, *cert_times_, renew_before_, Sample(), options_.policy);
+        } else {
+          const absl::Time not_after =
+              cert_times_.has_value() ? cert_times_->not_after : absl::InfiniteFuture();
+          wake = now + std::max(hint, RetryDelay(attempt++, Sample(), now, not_after,
+                                                 options_.policy));
+          status_.last_error = std::string(status.message());
+          status_.last_error_time = now;
+          stats_->credential_reloads_error.fetch_add(1);
+          log::Warn("certificate renewal failed; keeping the current certificate",
+                    {{"error", status_.last_error},
+                     {"attempt", attempt},
+                     {"retry_in", absl::FormatDuration(wake - now)},
+                     {"current_not_after",
+                      cert_times_.has_value() ? absl::FormatTime(cert_times_->not_after) : ""}});
+        }
+        status_.next_rotation = wake;
+        renew_hint_changed_ = false;
+        // Sleep until `wake`, or until told to stop, or until a Watch hint moves the schedule.
+        auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+          return stopping_ || renew_hint_changed_;
+        };
+        while (!woken()) {
+          const absl::Duration left = wake - Now();
+          if (left <= absl::ZeroDuration()) break;
+          mu_.AwaitWithTimeout(absl::Condition(&woken), std::min(left, absl::Seconds(1)));
+        }
+        if (stopping_) return;
+        if (renew_hint_changed_ && status.ok() && cert_times_.has_value()) {
+          const absl::Time now2 = Now();
+          const absl::Time moved =
+              NextRefresh(now2, *cert_times_, renew_before_, Sample(), options_.policy);
+          if (moved > now2) {
+            status_.next_rotation = moved;
+            renew_hint_changed_ = false;
+            while (!woken() && Now() < moved) {
+              mu_.AwaitWithTimeout(absl::Condition(&woken),
+                                   std::min(moved - Now(), absl::Seconds(1)));
+            }
+            if (stopping_) return;
+          }
+        }
+      }
+    }
+  }
+
+  void WatchLoop() {
+    int attempt = 0;
+    std::shared_ptr<grpc::Channel> channel = MakeChannel("", "");
+    std::unique_ptr<v1::Identity::Stub> stub = v1::Identity::NewStub(channel);
+    while (true) {
+      auto context = std::make_unique<grpc::ClientContext>();
+      {
+        absl::MutexLock lock(&mu_);
+        if (stopping_) return;
+        watch_context_ = context.get();
+      }
+      v1::WatchRequest request;
+      request.set_known_version(status().bundle_version);
+      std::unique_ptr<grpc::ClientReader<v1::WatchResponse>> reader =
+          stub->Watch(context.get(), request);
+      v1::WatchResponse response;
+      while (reader->Read(&response)) {
+        attempt = 0;
+        Apply(response);
+      }
+      const grpc::Status status = reader->Finish();
+      absl::Duration delay;
+      {
+        absl::MutexLock lock(&mu_);
+        watch_context_ = nullptr;
+        status_.watching = false;
+        if (stopping_) return;
+        delay = RetryDelay(attempt++, Sample(), Now(), absl::InfiniteFuture(), options_.policy);
+      }
+      log::Warn("control-plane watch stream ended; reconnecting",
+                {{"code", static_cast<int>(status.error_code())},
+                 {"error", status.error_message()},
+                 {"retry_in", absl::FormatDuration(delay)}});
+      absl::MutexLock lock(&mu_);
+      auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
+      mu_.AwaitWithTimeout(absl::Condition(&stop), delay);
+      if (stopping_) return;
+    }
+  }
+
+  void Apply(const v1::WatchResponse& response) {
+    std::vector<std::string> roots(response.trust_bundle_der().begin(),
+                                   response.trust_bundle_der().end());
+    absl::StatusOr<identity::TrustBundle> bundle = identity::TrustBundle::FromDer(roots);
+    absl::StatusOr<tls::DenyList> deny = DenyListFrom(response);
+    if (!bundle.ok() || !deny.ok()) {
+      log::Error("ignoring a malformed Watch update",
+                 {{"error", std::string(!bundle.ok() ? bundle.status().message()
+                                                     : deny.status().message())}});
+      return;
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      status_.watching = true;
+      status_.control_plane_reachable = true;
+      status_.bundle_version = response.version();
+      pending_bundle_ = *bundle;
+      pending_deny_list_ = *deny;
+      if (response.has_renew_before()) {
+        const absl::Time hint = FromProto(response.renew_before());
+        if (!renew_before_.has_value() || *renew_before_ != hint) {
+          renew_before_ = hint;
+          renew_hint_changed_ = true;
+        }
+      }
+    }
+    if (store_->credentials().has_value()) {
+      if (absl::Status s = store_->UpdateTrust(*bundle, *deny); !s.ok()) {
+        log::Error("cannot apply the trust update", {{"error", std::string(s.message())}});
+        return;
+      }
+      stats_->trust_bundle_roots = static_cast<int64_t>(bundle->roots().size());
+    }
+    log::Info("trust update applied", {{"version", std::to_string(response.version())},
+                                       {"roots", bundle->roots().size()},
+                                       {"denied", deny->size()}});
+    if (on_trust_update) on_trust_update(*deny);
+  }
+
+  const IdentityClientOptions options_;
+  ContextStore* const store_;
+  ProxyStats* const stats_;
+  const std::string roots_pem_;
+
+  mutable absl::Mutex mu_;
+  IdentityClientStatus status_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<CertificateTimes> cert_times_ ABSL_GUARDED_BY(mu_);
+  std::optional<absl::Time> renew_before_ ABSL_GUARDED_BY(mu_);
+  bool renew_hint_changed_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<identity::TrustBundle> pending_bundle_ ABSL_GUARDED_BY(mu_);
+  std::optional<tls::DenyList> pending_deny_list_ ABSL_GUARDED_BY(mu_);
+  grpc::ClientContext* watch_context_ ABSL_GUARDED_BY(mu_) = nullptr;
+
+  absl::Mutex rng_mu_;
+  std::mt19937_64 rng_ ABSL_GUARDED_BY(rng_mu_){std::random_device{}()};
+
+  std::thread renew_thread_;
+  std::thread watch_thread_;
+};
+
+// === impl IdentityClient ===
+
+absl::StatusOr<std::unique_ptr<IdentityClient>> IdentityClient::Create(
+    IdentityClientOptions options, ContextStore* store, ProxyStats* stats) {
+  if (options.control_plane_address.empty()) {
+    return absl::InvalidArgumentError("the control plane address is required (host:port)");
+  }
+  if (options.token_file.empty() && options.join_token_file.empty()) {
+    return absl::InvalidArgumentError(
+        "a credential is required: a service-account token file or a join token file");
+  }
+  absl::StatusOr<std::string> roots = identity::ReadFileToString(options.root_file);
+  if (!roots.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot read the mesh root file to trust the control plane: ", roots.status().message()));
+  }
+  if (absl::StatusOr<identity::TrustBundle> parsed = identity::TrustBundle::FromPem(*roots);
+      !parsed.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("\"", options.root_file, "\": ", parsed.status().message()));
+  }
+  return std::unique_ptr<IdentityClient>(new IdentityClient(
+      std::make_unique<Impl>(std::move(options), store, stats, *std::move(roots))));
+}
+
+IdentityClient::IdentityClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+IdentityClient::~IdentityClient() { Stop(); }
+
+void IdentityClient::Start() { impl_->Start(); }
+
+bool IdentityClient::WaitForFirstCertificate(absl::Duration timeout) {
+  return impl_->WaitForFirstCertificate(timeout);
+}
+
+void IdentityClient::Stop() { impl_->Stop(); }
+
+IdentityClientStatus IdentityClient::status() const { return impl_->status(); }
+
+void IdentityClient::set_on_trust_update(std::function<void(const tls::DenyList&)> callback) {
+  impl_->on_trust_update = std::move(callback);
+}
+
+}  // namespace trellis::proxy
