@@ -125,23 +125,22 @@ absl::StatusOr<Credentials> Validate(const FileCredentialSource::Options& option
 
   const identity::Certificate& leaf = creds.chain.front();
   if (!identity::KeyMatchesCertificate(*creds.key, leaf)) {
-    return fail(options.key_file,
-                absl::FailedPreconditionError(absl::StrCat(
-                    "the key does not match the leaf certificate in \"", options.cert_file,
-                    "\" (serial ", leaf.serial_hex(),
-                    "); the set is incomplete or mixed (new certificate, old key?)")));
+    return fail(
+        options.key_file,
+        absl::FailedPreconditionError(absl::StrCat(
+            "the key does not match the leaf certificate in \"", options.cert_file, "\" (serial ",
+            leaf.serial_hex(), "); the set is incomplete or mixed (new certificate, old key?)")));
   }
   absl::StatusOr<identity::SpiffeId> id = leaf.GetSpiffeId();
   if (!id.ok()) {
-    return fail(options.cert_file, absl::InvalidArgumentError(absl::StrCat(
-                                       "the leaf certificate is not an X.509-SVID: ",
-                                       id.status().message())));
+    return fail(options.cert_file,
+                absl::InvalidArgumentError(absl::StrCat(
+                    "the leaf certificate is not an X.509-SVID: ", id.status().message())));
   }
   if (now >= leaf.not_after()) {
-    return fail(options.cert_file,
-                absl::FailedPreconditionError(absl::StrCat(
-                    "the leaf certificate (serial ", leaf.serial_hex(), ") expired at ",
-                    Rfc3339(leaf.not_after()))));
+    return fail(options.cert_file, absl::FailedPreconditionError(absl::StrCat(
+                                       "the leaf certificate (serial ", leaf.serial_hex(),
+                                       ") expired at ", Rfc3339(leaf.not_after()))));
   }
   if (now < leaf.not_before()) {
     return fail(options.cert_file,
@@ -166,10 +165,9 @@ absl::StatusOr<Credentials> Validate(const FileCredentialSource::Options& option
     tls::PeerVerification result =
         (*verifier)->Verify(leaf.get(), intermediates.get(), role, now, {*any});
     if (!result.ok()) {
-      return fail(options.cert_file,
-                  absl::FailedPreconditionError(absl::StrCat(
-                      "the chain does not verify against the bundle in \"", options.bundle_file,
-                      "\": ", result.detail)));
+      return fail(options.cert_file, absl::FailedPreconditionError(absl::StrCat(
+                                         "the chain does not verify against the bundle in \"",
+                                         options.bundle_file, "\": ", result.detail)));
     }
   }
   return creds;
@@ -218,9 +216,8 @@ absl::StatusOr<std::unique_ptr<FileCredentialSource>> FileCredentialSource::Crea
       std::move(options), store, stats, std::move(inotify), std::move(wake)));
 }
 
-FileCredentialSource::FileCredentialSource(Options options, ContextStore* store,
-                                           ProxyStats* stats, ScopedFd inotify_fd,
-                                           ScopedFd wake_fd)
+FileCredentialSource::FileCredentialSource(Options options, ContextStore* store, ProxyStats* stats,
+                                           ScopedFd inotify_fd, ScopedFd wake_fd)
     : options_(std::move(options)),
       store_(store),
       stats_(stats),
@@ -236,6 +233,11 @@ std::vector<std::string> FileCredentialSource::Files() const {
 }
 
 absl::Status FileCredentialSource::LoadNow() { return Reload(Trigger::kInitial); }
+
+std::string FileCredentialSource::last_error() const {
+  absl::MutexLock lock(&mu_);
+  return last_error_;
+}
 
 absl::Status FileCredentialSource::Reload(Trigger trigger) {
   absl::MutexLock lock(&mu_);
@@ -353,8 +355,8 @@ bool FileCredentialSource::RefreshWatches() {
     auto it = std::find_if(next.begin(), next.end(), [&](const Watch& w) { return w.wd == wd; });
     if (it == next.end()) {
       next.push_back(Watch{wd, dir, {name}});
-      const bool known = std::any_of(watches_.begin(), watches_.end(),
-                                     [&](const Watch& w) { return w.wd == wd; });
+      const bool known =
+          std::any_of(watches_.begin(), watches_.end(), [&](const Watch& w) { return w.wd == wd; });
       if (!known) log::Debug("watching directory", {{"dir", dir}});
     } else if (std::find(it->names.begin(), it->names.end(), name) == it->names.end()) {
       it->names.push_back(name);
@@ -453,15 +455,14 @@ void FileCredentialSource::Run(bool watches_ok) {
     const bool poll_files = !watches_ok;
     std::optional<absl::Duration> next;
     for (std::optional<absl::Duration> t :
-         {reload_at, recheck_at, poll_files ? std::optional<absl::Duration>(poll_at)
-                                            : std::optional<absl::Duration>()}) {
+         {reload_at, recheck_at,
+          poll_files ? std::optional<absl::Duration>(poll_at) : std::optional<absl::Duration>()}) {
       if (t.has_value() && (!next.has_value() || *t < *next)) next = t;
     }
     int timeout_ms = -1;
     if (next.has_value()) {
-      timeout_ms = static_cast<int>(
-          std::max<int64_t>(0, absl::ToInt64Milliseconds(absl::Ceil(*next - Mono(),
-                                                                    absl::Milliseconds(1)))));
+      timeout_ms = static_cast<int>(std::max<int64_t>(
+          0, absl::ToInt64Milliseconds(absl::Ceil(*next - Mono(), absl::Milliseconds(1)))));
     }
     struct pollfd fds[2] = {{wake_fd_.get(), POLLIN, 0},
                             {use_inotify ? inotify_fd_.get() : -1, POLLIN, 0}};

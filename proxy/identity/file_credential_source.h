@@ -113,6 +113,9 @@ class FileCredentialSource {
   // Stops and joins the watcher thread. Idempotent; the source can be started again.
   void Stop();
 
+  // Why the last reload failed (file and reason), or "" when it succeeded. For /certs.
+  std::string last_error() const;
+
   // True when the watcher is (or would be) polling rather than using inotify.
   bool polling() const { return inotify_fd_.get() < 0 || options_.poll_only; }
 
@@ -173,7 +176,7 @@ class FileCredentialSource {
 
   std::vector<Watch> watches_;  // Start(), then the watcher thread only
 
-  absl::Mutex mu_;  // serialises reloads
+  mutable absl::Mutex mu_;                             // serialises reloads
   std::string published_digest_ ABSL_GUARDED_BY(mu_);  // SHA-256 of the published files' bytes
   std::string last_error_ ABSL_GUARDED_BY(mu_);  // message of the last failed reload, "" after ok
 

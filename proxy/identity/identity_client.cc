@@ -203,6 +203,8 @@ class IdentityClient::Impl {
     if (response.has_refresh_after()) times.refresh_after = FromProto(response.refresh_after());
     absl::MutexLock lock(&mu_);
     cert_times_ = times;
+    // Set with the count, so that whoever sees the new certificate sees its schedule too.
+    status_.next_rotation = NextRefresh(Now(), times, renew_before_, Sample(), options_.policy);
     status_.rotation_count++;
     status_.control_plane_reachable = true;
     status_.last_error.clear();
@@ -227,13 +229,13 @@ class IdentityClient::Impl {
         const absl::Time now = Now();
         if (status.ok()) {
           attempt = 0;
-          wake = NextRefresh(now, *cert_times_, renew_before_, Sample(), options_.policy);
+          wake = status_.next_rotation;
         } else {
           const absl::Time not_after =
               cert_times_.has_value() ? cert_times_->not_after : absl::InfiniteFuture();
           wake = now + std::max(hint, RetryDelay(attempt++, Sample(), now, not_after,
                                                  options_.policy));
-          status_.last_error = std::string(status.message());
+          status_.last_error = status.ToString();
           status_.last_error_time = now;
           stats_->credential_reloads_error.fetch_add(1);
           log::Warn("certificate renewal failed; keeping the current certificate",
@@ -244,30 +246,24 @@ class IdentityClient::Impl {
                       cert_times_.has_value() ? absl::FormatTime(cert_times_->not_after) : ""}});
         }
         status_.next_rotation = wake;
-        renew_hint_changed_ = false;
-        // Sleep until `wake`, or until told to stop, or until a Watch hint moves the schedule.
+        // Sleep until `wake`, or until told to stop; a Watch hint can only bring it forward.
         auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           return stopping_ || renew_hint_changed_;
         };
-        while (!woken()) {
-          const absl::Duration left = wake - Now();
+        absl::Time target = wake;
+        while (true) {
+          if (stopping_) return;
+          if (renew_hint_changed_) {
+            renew_hint_changed_ = false;
+            if (status.ok() && cert_times_.has_value()) {
+              target = std::min(target, NextRefresh(Now(), *cert_times_, renew_before_, Sample(),
+                                                    options_.policy));
+              status_.next_rotation = target;
+            }
+          }
+          const absl::Duration left = target - Now();
           if (left <= absl::ZeroDuration()) break;
           mu_.AwaitWithTimeout(absl::Condition(&woken), std::min(left, absl::Seconds(1)));
-        }
-        if (stopping_) return;
-        if (renew_hint_changed_ && status.ok() && cert_times_.has_value()) {
-          const absl::Time now2 = Now();
-          const absl::Time moved =
-              NextRefresh(now2, *cert_times_, renew_before_, Sample(), options_.policy);
-          if (moved > now2) {
-            status_.next_rotation = moved;
-            renew_hint_changed_ = false;
-            while (!woken() && Now() < moved) {
-              mu_.AwaitWithTimeout(absl::Condition(&woken),
-                                   std::min(moved - Now(), absl::Seconds(1)));
-            }
-            if (stopping_) return;
-          }
         }
       }
     }
