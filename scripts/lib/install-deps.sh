@@ -16,7 +16,7 @@ TRELLIS_DEBIAN_PACKAGES=(
   libssl-dev openssl libgtest-dev libgmock-dev googletest android-libboringssl-dev
   nlohmann-json3-dev libbenchmark-dev libcpp-httplib-dev libcurl4-openssl-dev
   # Tools the tests and the demo use.
-  python3 curl iproute2 iptables ca-certificates
+  python3 curl iproute2 iptables ca-certificates tcpdump
 )
 
 # Bazel's output_user_root, as in .bazelrc (`startup --output_user_root=...`).

@@ -1,0 +1,77 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "common/tls/tls_session.h"
+#include "proxy/event/epoll_loop.h"
+#include "proxy/event/unique_fd.h"
+
+namespace trellis::proxy {
+
+// One side of a relayed connection: a non-blocking socket, plaintext or TLS, and what the
+// edge-triggered loop last told us about it. Reads and writes never block; they report
+// kAgain and remember which readiness the retry waits for (a TLS read may need the socket to be
+// writable, and a TLS write readable). Not thread-safe; owned by one RelayConnection.
+class Endpoint {
+ public:
+  enum class Io { kDone, kAgain, kEof, kError };
+
+  Endpoint() = default;
+  Endpoint(const Endpoint&) = delete;
+  Endpoint& operator=(const Endpoint&) = delete;
+  ~Endpoint();
+
+  // Takes the socket. Turns on TCP_NODELAY.
+  void Attach(UniqueFd fd);
+  // Wraps the socket in TLS; from now on reads and writes are TLS records. Sets the modes a
+  // relay needs (partial writes, moving write buffer, release of idle buffers) and records
+  // alerts received from the peer.
+  void AttachTls(std::unique_ptr<tls::TlsSession> session);
+
+  int fd() const { return fd_.get(); }
+  tls::TlsSession* tls() const { return tls_.get(); }
+  bool is_tls() const { return tls_ != nullptr; }
+
+  // Records readiness reported by the loop.
+  void OnEvents(uint32_t events);
+  // Assumes the socket is ready both ways; the next operation finds out (after a state change
+  // during which events were not tracked).
+  void AssumeReady() { readable_ = writable_ = true; }
+
+  bool CanRead() const { return read_needs_write_ ? writable_ : readable_; }
+  bool CanWrite() const { return write_needs_read_ ? readable_ : writable_; }
+  bool writable() const { return writable_; }
+
+  // kDone: *n > 0 bytes. kEof: the peer finished sending (FIN or close_notify). kError: see
+  // *error (reset, TLS failure).
+  Io Read(char* buf, size_t len, size_t* n, std::string* error);
+  // kDone: *n > 0 bytes taken. kError: the peer is gone (EPIPE, ECONNRESET) or TLS failed.
+  Io Write(const char* buf, size_t len, size_t* n, std::string* error);
+  // Ends our sending direction: TLS close_notify then TCP FIN. kAgain: call again when
+  // writable. Failures are ignored (the peer is gone, so nothing is left to tell it).
+  Io ShutdownWrite();
+
+  // The last TLS alert the peer sent, or -1.
+  int received_alert() const { return received_alert_; }
+  void set_received_alert(int alert) { received_alert_ = alert; }
+
+  FdToken token = 0;  // the loop registration, owned by the RelayConnection
+
+  // Drops TLS state and closes the socket.
+  void Close();
+
+ private:
+  UniqueFd fd_;
+  std::unique_ptr<tls::TlsSession> tls_;
+  bool readable_ = false;
+  bool writable_ = false;
+  bool read_needs_write_ = false;
+  bool write_needs_read_ = false;
+  bool close_notify_sent_ = false;
+  int received_alert_ = -1;
+};
+
+}  // namespace trellis::proxy

@@ -1,0 +1,409 @@
+#include "proxy/conn/relay_connection.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/tls/tls_session.h"
+
+namespace trellis::proxy {
+namespace {
+
+// Fairness: a busy connection yields to the others after this many rounds (each round moves at
+// most one buffer per direction) and continues in the next loop iteration.
+constexpr int kRoundsPerEvent = 16;
+// Buffers of a connection idle this long are freed (the idle check also closes it once the
+// idle timeout passes).
+constexpr absl::Duration kReleaseBuffersAfter = absl::Seconds(5);
+
+size_t Dir(Direction d) { return static_cast<size_t>(d); }
+
+}  // namespace
+
+absl::string_view RelayConnection::StateName(State state) {
+  switch (state) {
+    case State::kNew:
+      return "new";
+    case State::kConnecting:
+      return "connecting";
+    case State::kHandshaking:
+      return "handshaking";
+    case State::kRelaying:
+      return "relaying";
+    case State::kHalfClosed:
+      return "half_closed";
+    case State::kDraining:
+      return "draining";
+    case State::kClosed:
+      return "closed";
+  }
+  return "unknown";
+}
+
+RelayConnection::RelayConnection(EpollLoop* loop, WorkerStats* stats, Options options,
+                                 UniqueFd downstream, ClosedCallback on_closed)
+    : loop_(loop),
+      stats_(stats),
+      options_(std::move(options)),
+      on_closed_(std::move(on_closed)),
+      flows_{Flow{&downstream_, &upstream_, RelayBuffer(options_.buffer_bytes)},
+             Flow{&upstream_, &downstream_, RelayBuffer(options_.buffer_bytes)}} {
+  downstream_address_ = PeerAddress(downstream.get()).ToString();
+  downstream_.Attach(std::move(downstream));
+  // Byte counters are seen from the local app: towards the remote mesh peer is "sent".
+  const size_t d = Dir(options_.direction);
+  const bool outbound = options_.direction == Direction::kOutbound;
+  flows_[0].bytes = outbound ? &stats_->bytes_sent[d] : &stats_->bytes_received[d];
+  flows_[1].bytes = outbound ? &stats_->bytes_received[d] : &stats_->bytes_sent[d];
+}
+
+RelayConnection::~RelayConnection() {
+  // Owners close before deleting; this only guards against a forgotten Close().
+  if (state_ != State::kClosed) {
+    on_closed_ = nullptr;
+    SetState(State::kClosed);
+  }
+}
+
+// === Lifecycle ===
+
+void RelayConnection::SetState(State next) {
+  if (state_ == State::kClosed || state_ == next) return;
+  const State previous = state_;
+  state_ = next;
+  // Timers belong to a state; half-closed and draining keep the relay's idle check.
+  if (next != State::kHalfClosed && next != State::kDraining) {
+    loop_->CancelTimer(connect_timer_);
+    loop_->CancelTimer(handshake_timer_);
+    loop_->CancelTimer(idle_timer_);
+    connect_timer_ = handshake_timer_ = idle_timer_ = kNoTimer;
+  }
+  switch (next) {
+    case State::kNew:
+      break;
+    case State::kConnecting:
+      connect_timer_ = loop_->AddTimer(options_.connect_timeout, [this] {
+        connect_timer_ = kNoTimer;
+        Fail(ConnectionFailure::kConnectTimeout,
+             absl::StrCat("no answer from ", options_.upstream.ToString(), " within ",
+                          absl::FormatDuration(options_.connect_timeout)));
+      });
+      break;
+    case State::kHandshaking:
+      handshake_started_ = absl::Now();
+      handshake_timer_ = loop_->AddTimer(options_.handshake_timeout, [this] {
+        handshake_timer_ = kNoTimer;
+        FailHandshake(tls::FailureReason::kTimeout,
+                      absl::StrCat("the TLS handshake did not finish within ",
+                                   absl::FormatDuration(options_.handshake_timeout)));
+      });
+      break;
+    case State::kRelaying:
+      // Readiness was not tracked for relaying while connecting/handshaking: find out.
+      downstream_.AssumeReady();
+      upstream_.AssumeReady();
+      last_activity_ = loop_->Now();
+      ArmIdleCheck();
+      break;
+    case State::kHalfClosed:
+    case State::kDraining:
+      break;
+    case State::kClosed:
+      if (previous != State::kNew || started_) {
+        stats_->connections_active[Dir(options_.direction)].fetch_sub(1, std::memory_order_relaxed);
+      }
+      if (downstream_.token != 0) loop_->RemoveFd(downstream_.token);
+      if (upstream_.token != 0) loop_->RemoveFd(upstream_.token);
+      downstream_.token = upstream_.token = 0;
+      downstream_.Close();
+      upstream_.Close();
+      for (Flow& flow : flows_) flow.buffer.Release();
+      if (on_closed_) {
+        ClosedCallback callback = std::move(on_closed_);
+        on_closed_ = nullptr;
+        callback(this);
+      }
+      break;
+  }
+}
+
+void RelayConnection::Start() {
+  const size_t d = Dir(options_.direction);
+  stats_->connections_total[d].fetch_add(1, std::memory_order_relaxed);
+  stats_->connections_active[d].fetch_add(1, std::memory_order_relaxed);
+  started_ = true;
+  if (!Register(&downstream_)) return;
+  if (options_.context == nullptr) {
+    FailHandshake(tls::FailureReason::kNotReady,
+                  "the proxy has no workload certificate yet (identity not issued)");
+    return;
+  }
+  if (options_.direction == Direction::kInbound) {
+    BeginHandshake();
+  } else {
+    BeginConnect();
+  }
+}
+
+void RelayConnection::Close() { SetState(State::kClosed); }
+
+bool RelayConnection::CloseIfDenied(const tls::DenyList& deny) {
+  tls::TlsSession* session = tls_side().tls();
+  if (state_ == State::kClosed || session == nullptr || !session->handshake_done()) return false;
+  const tls::PeerVerification& peer = session->peer();
+  if (!peer.peer_id.has_value() || !deny.IsDenied(peer.peer_serial_hex, *peer.peer_id)) {
+    return false;
+  }
+  Fail(ConnectionFailure::kDenied,
+       absl::StrCat("closed an established connection: the peer ", peer.peer_id->ToString(),
+                    " (serial ", peer.peer_serial_hex, ") is now on the deny-list"));
+  return true;
+}
+
+bool RelayConnection::Register(Endpoint* endpoint) {
+  absl::StatusOr<FdToken> token =
+      loop_->AddFd(endpoint->fd(), [this, endpoint](uint32_t ev) { OnEvents(endpoint, ev); });
+  if (!token.ok()) {
+    Fail(ConnectionFailure::kReset, token.status().message());
+    return false;
+  }
+  endpoint->token = *token;
+  return true;
+}
+
+void RelayConnection::BeginConnect() {
+  bool in_progress = false;
+  absl::StatusOr<UniqueFd> fd = StartConnect(options_.upstream, &in_progress);
+  if (!fd.ok()) {
+    Fail(ConnectionFailure::kUpstreamConnect, fd.status().message());
+    return;
+  }
+  upstream_.Attach(*std::move(fd));
+  if (!Register(&upstream_)) return;
+  SetState(State::kConnecting);
+  if (!in_progress) OnConnected();
+}
+
+void RelayConnection::OnConnected() {
+  if (options_.direction == Direction::kOutbound) {
+    BeginHandshake();
+  } else {
+    SetState(State::kRelaying);
+    Pump();
+  }
+}
+
+void RelayConnection::BeginHandshake() {
+  Endpoint& side = tls_side();
+  absl::StatusOr<std::unique_ptr<tls::TlsSession>> session =
+      tls::TlsSession::Create(options_.context, side.fd(), options_.expected_peers);
+  if (!session.ok()) {
+    FailHandshake(tls::FailureReason::kProtocolError, session.status().message());
+    return;
+  }
+  side.AttachTls(*std::move(session));
+  SetState(State::kHandshaking);
+  DoHandshake();
+}
+
+void RelayConnection::DoHandshake() {
+  tls::TlsSession* session = tls_side().tls();
+  switch (session->Handshake()) {
+    case tls::IoAction::kDone:
+      stats_->ObserveHandshake(options_.direction, absl::Now() - handshake_started_);
+      if (options_.direction == Direction::kInbound) {
+        BeginConnect();
+      } else {
+        SetState(State::kRelaying);
+        Pump();
+      }
+      return;
+    case tls::IoAction::kWantRead:
+    case tls::IoAction::kWantWrite:
+      return;  // edge-triggered: the next event on the TLS socket resumes the handshake
+    default:
+      FailHandshake(session->failure_reason(), session->failure_detail());
+      return;
+  }
+}
+
+// === Events and relaying ===
+
+void RelayConnection::OnEvents(Endpoint* endpoint, uint32_t events) {
+  endpoint->OnEvents(events);
+  Dispatch();
+}
+
+void RelayConnection::Dispatch() {
+  switch (state_) {
+    case State::kConnecting:
+      if (upstream_.writable()) {
+        const int error = ConnectResult(upstream_.fd());
+        if (error != 0) {
+          Fail(ConnectionFailure::kUpstreamConnect,
+               absl::StrCat("connect to ", options_.upstream.ToString(), ": ",
+                            std::strerror(error)));
+          return;
+        }
+        OnConnected();
+      }
+      return;
+    case State::kHandshaking:
+      DoHandshake();
+      return;
+    case State::kRelaying:
+    case State::kHalfClosed:
+    case State::kDraining:
+      Pump();
+      return;
+    case State::kNew:
+    case State::kClosed:
+      return;
+  }
+}
+
+void RelayConnection::Pump() {
+  for (int round = 0; round < kRoundsPerEvent; ++round) {
+    bool progress = false;
+    for (Flow& flow : flows_) {
+      progress |= PumpFlow(flow);
+      if (state_ == State::kClosed) return;
+    }
+    UpdateRelayState();
+    if (state_ == State::kClosed || !progress) return;
+  }
+  // Still busy: let the other connections of this worker run, and continue next iteration.
+  loop_->Activate(downstream_.token, 0);
+}
+
+bool RelayConnection::PumpFlow(Flow& flow) {
+  bool progress = false;
+  std::string error;
+  if (!flow.src_eof && !flow.buffer.full() && flow.src->CanRead()) {
+    char* into = flow.buffer.WritePtr();
+    size_t n = 0;
+    switch (flow.src->Read(into, flow.buffer.WritableBytes(), &n, &error)) {
+      case Endpoint::Io::kDone:
+        flow.buffer.Commit(n);
+        flow.read_bytes += n;
+        progress = true;
+        break;
+      case Endpoint::Io::kEof:
+        flow.src_eof = true;
+        progress = true;
+        break;
+      case Endpoint::Io::kAgain:
+        break;
+      case Endpoint::Io::kError: {
+        const bool from_tls = flow.src->is_tls();
+        // A TLS 1.3 client finishes its handshake before the server checks the client's
+        // certificate; a rejection then arrives as an alert on the first read.
+        if (from_tls && flow.src->received_alert() >= 0 && flow.read_bytes == 0 &&
+            options_.direction == Direction::kOutbound) {
+          FailHandshake(tls::FailureReason::kPeerRejected,
+                        absl::StrCat(error, " right after the handshake"));
+        } else {
+          Fail(ConnectionFailure::kReset,
+               absl::StrCat(&flow == &flows_[0] ? "downstream " : "upstream ", error));
+        }
+        return false;
+      }
+    }
+  }
+  if (!flow.buffer.empty() && flow.dst->CanWrite()) {
+    size_t n = 0;
+    switch (flow.dst->Write(flow.buffer.ReadPtr(), flow.buffer.size(), &n, &error)) {
+      case Endpoint::Io::kDone:
+        flow.buffer.Consume(n);
+        flow.bytes->fetch_add(n, std::memory_order_relaxed);
+        progress = true;
+        break;
+      case Endpoint::Io::kAgain:
+      case Endpoint::Io::kEof:
+        break;
+      case Endpoint::Io::kError:
+        Fail(ConnectionFailure::kReset,
+             absl::StrCat(&flow == &flows_[0] ? "upstream " : "downstream ", error));
+        return false;
+    }
+  }
+  if (flow.src_eof && flow.buffer.empty() && !flow.done) {
+    if (flow.dst->ShutdownWrite() == Endpoint::Io::kDone) {
+      flow.done = true;
+      progress = true;
+    }
+  }
+  if (progress) last_activity_ = loop_->Now();
+  return progress;
+}
+
+void RelayConnection::UpdateRelayState() {
+  if (flows_[0].done && flows_[1].done) {
+    SetState(State::kClosed);
+  } else if (flows_[0].src_eof && flows_[1].src_eof) {
+    SetState(State::kDraining);
+  } else if (flows_[0].done || flows_[1].done) {
+    SetState(State::kHalfClosed);
+  }
+}
+
+void RelayConnection::ArmIdleCheck() {
+  const absl::Duration remaining = options_.idle_timeout - (loop_->Now() - last_activity_);
+  absl::Duration delay = remaining;
+  if (flows_[0].buffer.allocated() || flows_[1].buffer.allocated()) {
+    delay = std::min(delay, kReleaseBuffersAfter);
+  }
+  idle_timer_ = loop_->AddTimer(std::max(delay, absl::Milliseconds(1)), [this] {
+    idle_timer_ = kNoTimer;
+    OnIdleCheck();
+  });
+}
+
+void RelayConnection::OnIdleCheck() {
+  const absl::Duration idle = absl::Now() - last_activity_;
+  if (idle >= options_.idle_timeout) {
+    Fail(ConnectionFailure::kIdleTimeout,
+         absl::StrCat("no bytes either way for ", absl::FormatDuration(idle), " (idle timeout ",
+                      absl::FormatDuration(options_.idle_timeout), ")"));
+    return;
+  }
+  if (idle >= kReleaseBuffersAfter) {
+    for (Flow& flow : flows_) flow.buffer.Release();
+  }
+  ArmIdleCheck();
+}
+
+// === Failures ===
+
+ConnectionInfo RelayConnection::Info() const {
+  ConnectionInfo info;
+  info.direction = options_.direction;
+  info.listener = options_.listener_name;
+  info.downstream = downstream_address_;
+  info.upstream = options_.upstream.ToString();
+  if (options_.context != nullptr) info.local_identity = options_.context->spiffe_id().ToString();
+  const tls::TlsSession* session =
+      options_.direction == Direction::kOutbound ? upstream_.tls() : downstream_.tls();
+  if (session != nullptr) {
+    if (session->peer().peer_id.has_value()) {
+      info.peer_identity = session->peer().peer_id->ToString();
+    }
+    info.peer_serial = session->peer().peer_serial_hex;
+  }
+  info.state = std::string(StateName(state_));
+  return info;
+}
+
+void RelayConnection::FailHandshake(tls::FailureReason reason, absl::string_view detail) {
+  if (state_ == State::kClosed) return;
+  ReportHandshakeFailure(stats_, Info(), reason, detail);
+  SetState(State::kClosed);
+}
+
+void RelayConnection::Fail(ConnectionFailure failure, absl::string_view detail) {
+  if (state_ == State::kClosed) return;
+  ReportConnectionFailure(stats_, Info(), failure, detail);
+  SetState(State::kClosed);
+}
+
+}  // namespace trellis::proxy

@@ -1,0 +1,21 @@
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "proxy/listener/listener_config.h"
+
+namespace trellis::proxy {
+
+struct ProxyOptions {
+  int workers = 0;  // 0 = the cores this process may use (sched_getaffinity)
+  std::vector<ListenerConfig> listeners;
+  size_t max_connections = 100000;  // over all workers and listeners
+  absl::Duration connect_timeout = absl::Seconds(5);
+  absl::Duration handshake_timeout = absl::Seconds(10);
+  absl::Duration idle_timeout = absl::Hours(1);
+  size_t buffer_bytes = 16384;  // per direction per connection
+};
+
+}  // namespace trellis::proxy
