@@ -108,6 +108,9 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(TlsContextO
   // root change applies to the next connection, and no ticket key needs rotating.
   SSL_CTX_set_session_cache_mode(s, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_options(s, SSL_OP_NO_TICKET);
+  // TLS 1.3 sends tickets after the handshake regardless of SSL_OP_NO_TICKET; with no cache they
+  // are useless bytes and work on every connection.
+  SSL_CTX_set_num_tickets(s, 0);
   // Partial writes and a moving buffer let the relay hand over what it has without copying.
   SSL_CTX_set_mode(s, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                           SSL_MODE_RELEASE_BUFFERS);

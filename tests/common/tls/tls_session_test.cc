@@ -70,6 +70,10 @@ TEST_F(TlsSessionTest, NegotiatesTls13WithX25519) {
   t.join();
   EXPECT_EQ(SSL_version(c->ssl()), TLS1_3_VERSION);
   EXPECT_STREQ(SSL_get_version(c->ssl()), "TLSv1.3");
+#ifndef OPENSSL_IS_BORINGSSL  // BoringSSL has the setter but no getter.
+  // No resumption: the server sends no session tickets.
+  EXPECT_EQ(SSL_CTX_get_num_tickets(server->ssl_ctx()), 0u);
+#endif
 #ifdef OPENSSL_IS_BORINGSSL
   EXPECT_EQ(SSL_get_curve_id(c->ssl()), SSL_CURVE_X25519);
 #else
