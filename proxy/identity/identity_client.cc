@@ -199,7 +199,7 @@ class IdentityClient::Impl {
     stats_->trust_bundle_roots = static_cast<int64_t>(next.bundle.roots().size());
     stats_->rotations.fetch_add(1);
     stats_->credential_reloads_ok.fetch_add(1);
-    CertificateTimes times{leaf.not_before(), leaf.not_after(), std::nullopt};
+    CertificateTimes times{leaf.not_before(), leaf.not_after(), std::nullopt, Now()};
     if (response.has_refresh_after()) times.refresh_after = FromProto(response.refresh_after());
     absl::MutexLock lock(&mu_);
     cert_times_ = times;

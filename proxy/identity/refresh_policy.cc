@@ -8,14 +8,18 @@ namespace trellis::proxy {
 absl::Time NextRefresh(absl::Time now, const CertificateTimes& cert,
                        std::optional<absl::Time> renew_before, double jitter_sample,
                        const RefreshPolicy& policy) {
+  // The usable lifetime starts when the certificate arrived: counting from a backdated NotBefore
+  // would schedule renewals of short-lived certificates in the past.
+  const absl::Time start =
+      cert.received_at.has_value() ? std::max(cert.not_before, *cert.received_at) : cert.not_before;
+  const absl::Duration lifetime = cert.not_after - start;
   absl::Time at;
   if (cert.refresh_after.has_value()) {
     at = *cert.refresh_after;  // the control plane already added jitter
   } else {
-    const absl::Duration lifetime = cert.not_after - cert.not_before;
     const double fraction = std::clamp(
         policy.fraction + policy.jitter * (2.0 * jitter_sample - 1.0), 0.05, 0.95);
-    at = cert.not_before + lifetime * fraction;
+    at = start + lifetime * fraction;
   }
   if (renew_before.has_value() && *renew_before < at) {
     // Spread a fleet-wide hint over the window up to it instead of renewing all at once.
@@ -23,7 +27,7 @@ absl::Time NextRefresh(absl::Time now, const CertificateTimes& cert,
     at = now + window * jitter_sample;
   }
   // Never past expiry: renew before it with a margin of a tenth of the lifetime at least.
-  const absl::Time latest = cert.not_after - (cert.not_after - cert.not_before) / 10;
+  const absl::Time latest = cert.not_after - lifetime / 10;
   at = std::min(at, latest);
   return std::clamp(at, now + policy.min_delay, now + policy.max_delay);
 }

@@ -29,6 +29,9 @@ struct CertificateTimes {
   absl::Time not_after;
   // From IssueCertificateResponse.refresh_after; unset if the control plane gave none.
   std::optional<absl::Time> refresh_after;
+  // When we received the certificate. NotBefore is backdated for clock skew (5 min by default),
+  // so the usable lifetime starts here, not at NotBefore; unset means NotBefore.
+  std::optional<absl::Time> received_at;
 };
 
 // When to start renewing. `jitter_sample` is uniform in [0, 1). `renew_before` is the latest Watch

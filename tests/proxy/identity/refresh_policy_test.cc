@@ -52,6 +52,17 @@ TEST(RefreshPolicyTest, ClampedToMinimumAndBeforeExpiry) {
               3.0, 0.01);
 }
 
+TEST(RefreshPolicyTest, BackdatedNotBeforeDoesNotPullShortRenewalsIntoThePast) {
+  // Issued now for 6 s, with NotBefore backdated 5 minutes for clock skew: renew at about 3 s,
+  // not at once (counting from NotBefore would put half-life 2.5 minutes in the past).
+  CertificateTimes cert{kT0 - absl::Minutes(5), kT0 + absl::Seconds(6), std::nullopt, kT0};
+  EXPECT_NEAR(absl::ToDoubleSeconds(NextRefresh(kT0, cert, std::nullopt, 0.5, RefreshPolicy()) - kT0),
+              3.0, 0.01);
+  // The control plane's refresh_after (3 s) is kept, not pulled before expiry-minus-margin.
+  cert.refresh_after = kT0 + absl::Seconds(3);
+  EXPECT_EQ(NextRefresh(kT0, cert, std::nullopt, 0.5, RefreshPolicy()), kT0 + absl::Seconds(3));
+}
+
 TEST(RefreshPolicyTest, RetryBacksOffExponentiallyWithJitterAndCap) {
   RefreshPolicy policy;
   const absl::Time never = absl::InfiniteFuture();
