@@ -11,4 +11,7 @@ int CaRotateCommand(const std::vector<std::string>& args);
 // `trellisctl join-token create --file FILE --name NAME --spiffe-id ID ...`.
 int JoinTokenCommand(const std::vector<std::string>& args);
 
+// `trellisctl inject -f FILE|- [--classic] ...`: offline sidecar injection of YAML.
+int InjectCommand(const std::vector<std::string>& args);
+
 }  // namespace trellis::cli

@@ -47,6 +47,7 @@ Commands:
   ca init           Create a new mesh CA (a root and an intermediate) in a directory.
   ca rotate STEP    Rotate the root CA with no downtime (status, prepare, activate, retire).
   join-token create Create a join token for a workload outside Kubernetes.
+  inject            Add the Trellis sidecar to Kubernetes YAML (offline; -f FILE|-).
 
 Flags:
   -h, --help  Show this help. `trellisctl COMMAND --help` documents a command's flags.
@@ -288,6 +289,7 @@ int Main(int argc, char** argv) {
   }
   if (args[0] == "ca") return CaCommand({args.begin() + 1, args.end()});
   if (args[0] == "join-token") return JoinTokenCommand({args.begin() + 1, args.end()});
+  if (args[0] == "inject") return InjectCommand({args.begin() + 1, args.end()});
   if (absl::StartsWith(args[0], "-")) {
     return UsageError(absl::StrCat("unknown flag \"", args[0], "\""), kTopUsage);
   }

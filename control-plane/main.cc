@@ -36,6 +36,7 @@
 #include "control-plane/auth/join_token_authenticator.h"
 #include "control-plane/auth/kubernetes_jwt_authenticator.h"
 #include "control-plane/auth/tokenreview_authenticator.h"
+#include "control-plane/inject/webhook_server.h"
 #include "control-plane/server/admission.h"
 #include "control-plane/server/ca_manager.h"
 #include "control-plane/server/identity_service.h"
@@ -107,6 +108,19 @@ ABSL_FLAG(double, per_identity_rate, 1.0, "Issuances per second allowed per iden
 ABSL_FLAG(double, per_identity_burst, 5.0, "Burst allowed per identity above that rate.");
 ABSL_FLAG(absl::Duration, shutdown_grace, absl::Seconds(10),
           "On SIGTERM: stop accepting, close Watch streams, let calls in flight finish this long.");
+ABSL_FLAG(std::string, webhook_address, "",
+          "Where the sidecar-injection admission webhook (HTTPS, POST /inject) listens, "
+          "host:port, e.g. 0.0.0.0:15017; empty disables it. It serves the control plane's own "
+          "serving certificate, so the MutatingWebhookConfiguration's caBundle is the mesh roots.");
+ABSL_FLAG(std::string, inject_proxy_image, "ghcr.io/trellis-mesh/trellis-proxy:latest",
+          "Image of the injected trellis-proxy sidecar.");
+ABSL_FLAG(std::string, inject_init_image, "ghcr.io/trellis-mesh/trellis-init:latest",
+          "Image of the injected trellis-init container.");
+ABSL_FLAG(bool, inject_classic, false,
+          "Inject classic sidecar containers (clusters before 1.29) instead of native sidecars.");
+ABSL_FLAG(std::string, inject_failure_policy, "Fail",
+          "Fail or Ignore, as the webhook configuration's failurePolicy: a pod that cannot be "
+          "injected is refused (Fail) or admitted unmeshed with a warning (Ignore).");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error.");
 
 namespace trellis::control_plane {
@@ -364,6 +378,29 @@ int Run() {
   }
   absl::StatusOr<int> bound_admin = admin_http.Start(admin_host, admin_port);
   if (!bound_admin.ok()) Die("cannot start the admin endpoint", bound_admin.status());
+  std::unique_ptr<inject::WebhookServer> webhook;
+  if (const std::string address = absl::GetFlag(FLAGS_webhook_address); !address.empty()) {
+    inject::WebhookOptions webhook_options;
+    webhook_options.inject.proxy_image = absl::GetFlag(FLAGS_inject_proxy_image);
+    webhook_options.inject.init_image = absl::GetFlag(FLAGS_inject_init_image);
+    webhook_options.inject.classic = absl::GetFlag(FLAGS_inject_classic);
+    const std::string policy = absl::GetFlag(FLAGS_inject_failure_policy);
+    if (policy != "Fail" && policy != "Ignore") {
+      Die("bad --inject_failure_policy", absl::InvalidArgumentError("must be Fail or Ignore"));
+    }
+    webhook_options.failure_policy =
+        policy == "Ignore" ? inject::FailurePolicy::kIgnore : inject::FailurePolicy::kFail;
+    std::string webhook_host;
+    int webhook_port = 0;
+    if (absl::Status s = admin::ParseHostPort(address, &webhook_host, &webhook_port); !s.ok()) {
+      Die("bad --webhook_address", s);
+    }
+    webhook = std::make_unique<inject::WebhookServer>(webhook_options, serving.cert_path(),
+                                                      serving.key_path());
+    absl::StatusOr<int> bound_webhook = webhook->Start(webhook_host, webhook_port);
+    if (!bound_webhook.ok()) Die("cannot start the injection webhook", bound_webhook.status());
+    log::Info("injection webhook listening", {{"webhook_port", *bound_webhook}});
+  }
 
   log::Info("listening", {{"grpc_port", grpc_port},
                           {"admin_port", *bound_admin},
@@ -391,6 +428,7 @@ int Run() {
   service.CloseWatches();
   server->Shutdown(std::chrono::system_clock::now() +
                    absl::ToChronoSeconds(absl::GetFlag(FLAGS_shutdown_grace)));
+  if (webhook) webhook->Stop();
   admin_http.Stop();
   log::Info("stopped");
   return 0;

@@ -74,6 +74,10 @@ ABSL_FLAG(absl::Duration, connect_timeout, absl::Seconds(5), "Upstream TCP conne
 ABSL_FLAG(absl::Duration, handshake_timeout, absl::Seconds(10), "TLS handshake timeout.");
 ABSL_FLAG(absl::Duration, idle_timeout, absl::Hours(1), "Close connections idle this long.");
 ABSL_FLAG(int64_t, buffer_bytes, 16384, "Relay buffer per direction per connection.");
+ABSL_FLAG(bool, close_on_peer_expiry, true,
+          "Close a connection when its verified peer certificate passes its notAfter.");
+ABSL_FLAG(absl::Duration, max_connection_age, absl::ZeroDuration(),
+          "Close connections older than this (+/-10% jitter); 0 = unlimited.");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(20),
           "On SIGTERM or POST /drain: stop accepting, then wait this long for connections to end.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error.");
@@ -126,6 +130,8 @@ absl::StatusOr<ProxyOptions> OptionsFromFlags() {
   options.handshake_timeout = absl::GetFlag(FLAGS_handshake_timeout);
   options.idle_timeout = absl::GetFlag(FLAGS_idle_timeout);
   options.buffer_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_buffer_bytes));
+  options.close_on_peer_expiry = absl::GetFlag(FLAGS_close_on_peer_expiry);
+  options.max_connection_age = absl::GetFlag(FLAGS_max_connection_age);
   absl::StatusOr<std::vector<ListenerSpec>> specs =
       ParseListenerSpecs(absl::GetFlag(FLAGS_listeners));
   if (!specs.ok()) return specs.status();

@@ -1,6 +1,7 @@
 #include "control-plane/ca/ca_files.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,6 +19,18 @@
 
 namespace trellis::control_plane::ca {
 namespace {
+
+// True if `gid` is this process's effective group or one of its supplementary groups.
+bool InOwnGroups(gid_t gid) {
+  if (gid == getegid()) return true;
+  gid_t groups[256];
+  const int n = getgroups(256, groups);
+  for (int i = 0; i < n; ++i) {
+    if (groups[i] == gid) return true;
+  }
+  return false;
+}
+
 
 std::string ErrnoText(int err) { return std::strerror(err); }
 
@@ -56,7 +69,12 @@ absl::StatusOr<identity::PrivateKey> ReadKeyFile(const std::string& path) {
         absl::StrCat("CA key file \"", path, "\" is not a regular file"));
   }
   const unsigned mode = st.st_mode & 07777;
-  if ((mode & 077) != 0) {
+  // One exception to owner-only: read-only for a group this process belongs to. That is what a
+  // Kubernetes Secret mounted with defaultMode 0400 and a pod fsGroup looks like (0440, group =
+  // the fsGroup), the only way a non-root control plane can read its key; nobody outside the pod
+  // is in that group.
+  const bool group_read_by_own_group = (mode & 077) == 040 && InOwnGroups(st.st_gid);
+  if ((mode & 077) != 0 && !group_read_by_own_group) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "CA key file \"%s\" has mode %04o, so group or others can read it; the CA private key "
         "must be readable by its owner only: run `chmod 600 %s` (for a Kubernetes Secret "

@@ -5,7 +5,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "common/identity/ca.h"
 
 namespace trellis::control_plane::ca {
 namespace {
@@ -46,6 +45,8 @@ absl::StatusOr<std::unique_ptr<LocalSigner>> LocalSigner::Create(CaFiles ca,
                      absl::FormatDuration(kMaxBackdate), "]"));
   }
   if (absl::Status s = ValidateCa(ca, options.clock()); !s.ok()) return s;
+  absl::StatusOr<identity::LeafIssuer> issuer = identity::LeafIssuer::Create(ca.cert, *ca.key);
+  if (!issuer.ok()) return issuer.status();
 
   std::vector<identity::Certificate> tail;
   if (!ca.roots.Contains(ca.cert)) tail.push_back(ca.cert);
@@ -54,14 +55,15 @@ absl::StatusOr<std::unique_ptr<LocalSigner>> LocalSigner::Create(CaFiles ca,
   for (const identity::Certificate& cert : ca.chain) {
     not_after = std::min(not_after, cert.not_after());
   }
-  return std::unique_ptr<LocalSigner>(
-      new LocalSigner(std::move(ca), std::move(options), std::move(tail), not_after));
+  return std::unique_ptr<LocalSigner>(new LocalSigner(
+      std::move(ca), std::move(options), *std::move(issuer), std::move(tail), not_after));
 }
 
-LocalSigner::LocalSigner(CaFiles ca, LocalSignerOptions options,
+LocalSigner::LocalSigner(CaFiles ca, LocalSignerOptions options, identity::LeafIssuer issuer,
                          std::vector<identity::Certificate> tail, absl::Time chain_not_after)
     : ca_(std::move(ca)),
       options_(std::move(options)),
+      issuer_(std::move(issuer)),
       chain_tail_(std::move(tail)),
       chain_not_after_(chain_not_after) {}
 
@@ -89,8 +91,7 @@ absl::StatusOr<std::vector<identity::Certificate>> LocalSigner::SignLeaf(
       std::min(now + ttl, chain_not_after_),
       dns_names,
   };
-  absl::StatusOr<identity::Certificate> leaf =
-      identity::IssueLeafCertificate(ca_.cert, *ca_.key, public_key, spec);
+  absl::StatusOr<identity::Certificate> leaf = issuer_.Issue(public_key, spec);
   if (!leaf.ok()) return leaf.status();
   std::vector<identity::Certificate> chain;
   chain.reserve(1 + chain_tail_.size());

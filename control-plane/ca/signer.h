@@ -10,6 +10,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/crypto/handles.h"
+#include "common/identity/ca.h"
 #include "common/identity/certificate.h"
 #include "common/identity/spiffe_id.h"
 #include "common/identity/trust_bundle.h"
@@ -72,10 +73,13 @@ class LocalSigner : public Signer {
   const LocalSignerOptions& options() const { return options_; }
 
  private:
-  LocalSigner(CaFiles ca, LocalSignerOptions options, std::vector<identity::Certificate> tail,
-              absl::Time chain_not_after);
+  LocalSigner(CaFiles ca, LocalSignerOptions options, identity::LeafIssuer issuer,
+              std::vector<identity::Certificate> tail, absl::Time chain_not_after);
 
   const CaFiles ca_;
+  // ca_.cert and ca_.key, checked and prepared once (ValidateCa has already checked them), so
+  // that a leaf costs only its own work.
+  const identity::LeafIssuer issuer_;
   const LocalSignerOptions options_;
   // What follows the leaf in every issued chain: ca.crt (unless it is itself a root) and chain.crt.
   const std::vector<identity::Certificate> chain_tail_;

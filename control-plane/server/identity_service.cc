@@ -45,6 +45,14 @@ absl::string_view ResultLabel(absl::StatusCode code) {
   }
 }
 
+google::protobuf::Duration DurationProto(absl::Duration d) {
+  google::protobuf::Duration out;
+  const int64_t nanos = absl::ToInt64Nanoseconds(d);
+  out.set_seconds(nanos / 1000000000);
+  out.set_nanos(static_cast<int32_t>(nanos % 1000000000));
+  return out;
+}
+
 google::protobuf::Timestamp ToProto(absl::Time t) {
   google::protobuf::Timestamp ts;
   const int64_t nanos = absl::ToUnixNanos(t);
@@ -53,11 +61,14 @@ google::protobuf::Timestamp ToProto(absl::Time t) {
   return ts;
 }
 
+}  // namespace
+
 // Reads the caller's TLS client certificate chain (leaf first), if it presented one. The TLS
 // layer requests a certificate without verifying it; verification happens here, against the
 // current trust bundle and deny-list, so root rotation and revocation apply without restarting
 // the gRPC server.
-std::vector<identity::Certificate> PeerChain(const grpc::ServerContext& context) {
+std::vector<identity::Certificate> IdentityService::PeerChain(
+    const grpc::ServerContext& context) const {
   std::vector<identity::Certificate> chain;
   std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
   if (auth == nullptr) return chain;
@@ -73,16 +84,32 @@ std::vector<identity::Certificate> PeerChain(const grpc::ServerContext& context)
   std::vector<grpc::string_ref> rest =
       auth->FindPropertyValues(GRPC_X509_PEM_CERT_CHAIN_PROPERTY_NAME);
   if (!rest.empty()) {
-    absl::StatusOr<std::vector<identity::Certificate>> parsed =
-        identity::ParsePemChain(absl::string_view(rest[0].data(), rest[0].size()));
-    if (parsed.ok()) {
-      for (identity::Certificate& cert : *parsed) {
-        if (cert != chain.front()) chain.push_back(std::move(cert));
-      }
+    for (identity::Certificate& cert : ParseIntermediates(rest[0])) {
+      if (cert != chain.front()) chain.push_back(std::move(cert));
     }
   }
   return chain;
 }
+
+// What a renewing client sends after its leaf is, in practice, this CA's own chain: the same text
+// on every call. Parsing one certificate costs ~130 us under OpenSSL 3 (mostly its public-key
+// decoder), so the last text and its parse are kept. Only the parse is reused, never a decision:
+// every call still verifies the whole chain. A text that does not parse yields no certificates.
+std::vector<identity::Certificate> IdentityService::ParseIntermediates(grpc::string_ref pem) const {
+  const absl::string_view text(pem.data(), pem.size());
+  {
+    absl::MutexLock lock(&intermediates_mu_);
+    if (intermediates_pem_ == text) return intermediates_;
+  }
+  absl::StatusOr<std::vector<identity::Certificate>> parsed = identity::ParsePemChain(text);
+  if (!parsed.ok()) return {};
+  absl::MutexLock lock(&intermediates_mu_);
+  intermediates_pem_ = std::string(text);
+  intermediates_ = *parsed;
+  return *std::move(parsed);
+}
+
+namespace {
 
 // What an issuance decided, for the metrics and the one log line per refusal.
 struct Outcome {
@@ -121,11 +148,13 @@ grpc::Status FinishIssuance(ControlPlaneMetrics* metrics_, grpc::ServerContext* 
 
 IdentityService::IdentityService(IdentityServiceOptions options, CaManager* ca, MeshState* mesh,
                                  IssuanceAdmission* admission, ControlPlaneMetrics* metrics)
-    : options_(std::move(options)),
-      ca_(ca),
-      mesh_(mesh),
-      admission_(admission),
-      metrics_(metrics) {}
+    : options_(std::move(options)), ca_(ca), mesh_(mesh), admission_(admission), metrics_(metrics) {
+  // A renewal must come from this trust domain. Parsed once, not per renewal; a domain that does
+  // not parse leaves the list empty, which allows nobody.
+  absl::StatusOr<identity::SpiffeIdPattern> own_domain =
+      identity::SpiffeIdPattern::Parse(absl::StrCat("spiffe://", options_.trust_domain));
+  if (own_domain.ok()) own_domain_.push_back(*std::move(own_domain));
+}
 
 IdentityService::~IdentityService() = default;
 
@@ -209,10 +238,8 @@ grpc::Status IdentityService::IssueCertificate(grpc::ServerContext* context,
         X509_up_ref(chain[i].get());
         sk_X509_push(intermediates.get(), chain[i].get());
       }
-      absl::StatusOr<identity::SpiffeIdPattern> own_domain =
-          identity::SpiffeIdPattern::Parse(absl::StrCat("spiffe://", options_.trust_domain));
       const tls::PeerVerification check = (*verifier)->Verify(
-          chain[0].get(), intermediates.get(), tls::PeerRole::kClient, Now(), {*own_domain});
+          chain[0].get(), intermediates.get(), tls::PeerRole::kClient, Now(), own_domain_);
       if (check.ok()) {
         who = AuthenticatedIdentity{*check.peer_id, "renewal", "serial " + check.peer_serial_hex};
       } else if (*check.reason == tls::FailureReason::kRevoked) {
@@ -283,6 +310,8 @@ grpc::Status IdentityService::IssueCertificate(grpc::ServerContext* context,
       const double fraction = std::clamp(options_.refresh_fraction + jitter(rng), 0.1, 0.9);
       *response->mutable_not_after() = ToProto(not_after);
       *response->mutable_refresh_after() = ToProto(now + lifetime * fraction);
+      *response->mutable_refresh_in() = DurationProto(lifetime * fraction);
+      *response->mutable_valid_for() = DurationProto(lifetime);
       response->set_spiffe_id(outcome.spiffe_id);
       log::Debug("certificate issued", {{"spiffe_id", outcome.spiffe_id},
                                         {"authenticator", outcome.authenticator},

@@ -4,11 +4,14 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/identity/certificate.h"
+#include "common/identity/spiffe_id.h"
 #include "control-plane/auth/authenticator.h"
 #include "control-plane/server/admission.h"
 #include "control-plane/server/ca_manager.h"
@@ -62,11 +65,21 @@ class IdentityService final
 
   absl::Time Now() const { return options_.clock ? options_.clock() : absl::Now(); }
 
+  std::vector<identity::Certificate> PeerChain(const grpc::ServerContext& context) const;
+  std::vector<identity::Certificate> ParseIntermediates(grpc::string_ref pem) const;
+
   const IdentityServiceOptions options_;
   CaManager* const ca_;
   MeshState* const mesh_;
   IssuanceAdmission* const admission_;
   ControlPlaneMetrics* const metrics_;
+  // The identities a renewal certificate may name: this trust domain.
+  std::vector<identity::SpiffeIdPattern> own_domain_;
+
+  // The last intermediates text a renewal presented, and its parse (see ParseIntermediates).
+  mutable absl::Mutex intermediates_mu_;
+  mutable std::string intermediates_pem_ ABSL_GUARDED_BY(intermediates_mu_);
+  mutable std::vector<identity::Certificate> intermediates_ ABSL_GUARDED_BY(intermediates_mu_);
 
   absl::Mutex watches_mu_;
   std::set<WatchReactor*> watches_ ABSL_GUARDED_BY(watches_mu_);

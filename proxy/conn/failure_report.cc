@@ -51,6 +51,12 @@ absl::string_view ConnectionFailureHint(ConnectionFailure failure) {
       return "one side reset or abandoned the connection mid-stream";
     case ConnectionFailure::kDenied:
       return "the peer's certificate serial or SPIFFE ID was put on the deny-list (revoked)";
+    case ConnectionFailure::kPeerExpired:
+      return "the peer's certificate expired while the connection was open (close_on_peer_expiry); "
+             "the peer reconnects with its rotated certificate, or check why it did not rotate";
+    case ConnectionFailure::kMaxAge:
+      return "the connection reached --max_connection_age and was closed so that clients "
+             "reconnect (picking up rotated certificates and policy); raise it or set 0 to disable";
     case ConnectionFailure::kCount:
       break;
   }

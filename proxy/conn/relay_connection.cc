@@ -1,9 +1,15 @@
 #include "proxy/conn/relay_connection.h"
 
+#include <openssl/asn1.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
 #include <algorithm>
 #include <cstring>
+#include <random>
 
 #include "absl/strings/str_cat.h"
+#include "common/crypto/handles.h"
 #include "common/tls/tls_session.h"
 
 namespace trellis::proxy {
@@ -17,6 +23,30 @@ constexpr int kRoundsPerEvent = 16;
 constexpr absl::Duration kReleaseBuffersAfter = absl::Seconds(5);
 
 size_t Dir(Direction d) { return static_cast<size_t>(d); }
+
+// `age` scaled by a uniform factor in [0.9, 1.1], so that connections opened together (a fleet
+// restarting) do not all close and reconnect at the same moment.
+absl::Duration Jittered(absl::Duration age) {
+  thread_local std::minstd_rand rng{std::random_device{}()};
+  std::uniform_real_distribution<double> factor(0.9, 1.1);
+  return age * factor(rng);
+}
+
+// The notAfter of the verified peer's leaf, or nullopt when there is none. ASN1_TIME_diff is the
+// conversion both OpenSSL 3 and BoringSSL offer.
+std::optional<absl::Time> PeerNotAfter(SSL* ssl) {
+  crypto::UniquePtr<X509> leaf(SSL_get_peer_certificate(ssl));
+  if (leaf == nullptr) return std::nullopt;
+  crypto::UniquePtr<ASN1_STRING> epoch(ASN1_TIME_set(nullptr, 0));
+  const ASN1_TIME* not_after = X509_get0_notAfter(leaf.get());
+  int days = 0;
+  int seconds = 0;
+  if (epoch == nullptr || not_after == nullptr ||
+      ASN1_TIME_diff(&days, &seconds, epoch.get(), not_after) != 1) {
+    return std::nullopt;
+  }
+  return absl::FromUnixSeconds(static_cast<int64_t>(days) * 86400 + seconds);
+}
 
 }  // namespace
 
@@ -109,6 +139,9 @@ void RelayConnection::SetState(State next) {
     case State::kDraining:
       break;
     case State::kClosed:
+      loop_->CancelTimer(peer_expiry_timer_);
+      loop_->CancelTimer(max_age_timer_);
+      peer_expiry_timer_ = max_age_timer_ = kNoTimer;
       if (previous != State::kNew || started_) {
         stats_->connections_active[Dir(options_.direction)].fetch_sub(1, std::memory_order_relaxed);
       }
@@ -132,6 +165,17 @@ void RelayConnection::Start() {
   stats_->connections_total[d].fetch_add(1, std::memory_order_relaxed);
   stats_->connections_active[d].fetch_add(1, std::memory_order_relaxed);
   started_ = true;
+  if (options_.max_connection_age > absl::ZeroDuration()) {
+    const absl::Duration age = Jittered(options_.max_connection_age);
+    max_age_timer_ = loop_->AddTimer(age, [this, age] {
+      max_age_timer_ = kNoTimer;
+      CloseGracefully(ConnectionFailure::kMaxAge,
+                      absl::StrCat("the connection is ", absl::FormatDuration(age),
+                                   " old (max_connection_age ",
+                                   absl::FormatDuration(options_.max_connection_age),
+                                   " with jitter)"));
+    });
+  }
   if (!Register(&downstream_)) return;
   if (options_.context == nullptr) {
     FailHandshake(tls::FailureReason::kNotReady,
@@ -211,6 +255,7 @@ void RelayConnection::DoHandshake() {
   switch (session->Handshake()) {
     case tls::IoAction::kDone:
       stats_->ObserveHandshake(options_.direction, absl::Now() - handshake_started_);
+      if (options_.close_on_peer_expiry) ArmPeerExpiry();
       if (options_.direction == Direction::kInbound) {
         BeginConnect();
       } else {
@@ -371,6 +416,46 @@ void RelayConnection::OnIdleCheck() {
     for (Flow& flow : flows_) flow.buffer.Release();
   }
   ArmIdleCheck();
+}
+
+// === Expiry and age ===
+
+void RelayConnection::ArmPeerExpiry() {
+  const tls::TlsSession* session = tls_side().tls();
+  if (session == nullptr) return;
+  const std::optional<absl::Time> not_after = PeerNotAfter(session->ssl());
+  if (!not_after.has_value()) return;
+  const absl::Time at = *not_after;
+  // Fires just after notAfter (a certificate is valid through its notAfter second).
+  const absl::Duration delay = std::max(at - absl::Now(), absl::ZeroDuration()) +
+                               absl::Milliseconds(1);
+  peer_expiry_timer_ = loop_->AddTimer(delay, [this, at] {
+    peer_expiry_timer_ = kNoTimer;
+    CloseGracefully(ConnectionFailure::kPeerExpired,
+                    absl::StrCat("closed an established connection: the peer certificate expired "
+                                 "at ",
+                                 absl::FormatTime(absl::RFC3339_sec, at, absl::UTCTimeZone()),
+                                 " (close_on_peer_expiry)"));
+  });
+}
+
+void RelayConnection::CloseGracefully(ConnectionFailure failure, absl::string_view detail) {
+  if (state_ == State::kClosed) return;
+  ReportConnectionFailure(stats_, Info(), failure, detail);
+  // Best effort, never blocking: close_notify + FIN on the TLS side and FIN on the plaintext
+  // side, so both ends see an orderly end of stream rather than a reset. Bytes still buffered
+  // in the relay are dropped.
+  const bool relaying = state_ == State::kRelaying || state_ == State::kHalfClosed ||
+                        state_ == State::kDraining;
+  if (relaying) {
+    for (Flow& flow : flows_) {
+      if (!flow.done) (void)flow.dst->ShutdownWrite();
+    }
+  } else {
+    Endpoint& side = tls_side();
+    if (side.tls() != nullptr && side.tls()->handshake_done()) (void)side.ShutdownWrite();
+  }
+  SetState(State::kClosed);
 }
 
 // === Failures ===

@@ -56,6 +56,10 @@ class RelayConnection : public DeferredDeletable {
     absl::Duration handshake_timeout = absl::Seconds(10);
     absl::Duration idle_timeout = absl::Hours(1);
     size_t buffer_bytes = 16384;
+    // Close (kPeerExpired) when the verified peer leaf passes its notAfter.
+    bool close_on_peer_expiry = true;
+    // Close (kMaxAge) this long after Start(), +/-10% jitter; zero = never.
+    absl::Duration max_connection_age = absl::ZeroDuration();
   };
   using ClosedCallback = std::function<void(RelayConnection*)>;
 
@@ -102,6 +106,10 @@ class RelayConnection : public DeferredDeletable {
   void UpdateRelayState();
   void ArmIdleCheck();
   void OnIdleCheck();
+  // Arms the peer-expiry timer for the verified TLS peer's leaf notAfter (handshake done).
+  void ArmPeerExpiry();
+  // Counts and logs `failure`, then ends both sides gracefully (close_notify/FIN) and closes.
+  void CloseGracefully(ConnectionFailure failure, absl::string_view detail);
   bool Register(Endpoint* endpoint);
 
   void FailHandshake(tls::FailureReason reason, absl::string_view detail);
@@ -126,6 +134,9 @@ class RelayConnection : public DeferredDeletable {
   TimerId connect_timer_ = kNoTimer;
   TimerId handshake_timer_ = kNoTimer;
   TimerId idle_timer_ = kNoTimer;
+  // Not tied to a state: armed at Start() / handshake completion, cancelled on kClosed.
+  TimerId peer_expiry_timer_ = kNoTimer;
+  TimerId max_age_timer_ = kNoTimer;
   absl::Time handshake_started_;
   absl::Time last_activity_;
 };

@@ -22,6 +22,10 @@ absl::Time FromProto(const google::protobuf::Timestamp& ts) {
   return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
 }
 
+absl::Duration FromProto(const google::protobuf::Duration& d) {
+  return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
+}
+
 google::protobuf::Duration ToProto(absl::Duration d) {
   google::protobuf::Duration out;
   const int64_t nanos = absl::ToInt64Nanoseconds(d);
@@ -98,7 +102,7 @@ class IdentityClient::Impl {
   std::shared_ptr<grpc::Channel> MakeChannel(const std::string& key_pem,
                                              const std::string& chain_pem) {
     grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = roots_pem_;
+    ssl.pem_root_certs = TrustedRootsPem();
     ssl.pem_private_key = key_pem;
     ssl.pem_cert_chain = chain_pem;
     grpc::ChannelArguments args;
@@ -108,6 +112,21 @@ class IdentityClient::Impl {
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
     return grpc::CreateCustomChannel(options_.control_plane_address, grpc::SslCredentials(ssl),
                                      args);
+  }
+
+  // The roots to trust for the control plane: the pinned file (re-read: the ConfigMap may have
+  // been updated) plus the bundle the control plane pushed. After a root rotation the control
+  // plane's own serving certificate chains to the new root, which only the pushed bundle has.
+  std::string TrustedRootsPem() {
+    std::string pem = roots_pem_;
+    if (absl::StatusOr<std::string> file = identity::ReadFileToString(options_.root_file);
+        file.ok() && identity::TrustBundle::FromPem(*file).ok()) {
+      pem = *std::move(file);
+    }
+    if (std::optional<Credentials> current = store_->credentials(); current.has_value()) {
+      pem += current->bundle.ToPem();
+    }
+    return pem;
   }
 
   // One issuance attempt. On success the new certificate is in use. `retry_after` receives the
@@ -123,7 +142,13 @@ class IdentityClient::Impl {
       *request.mutable_requested_ttl() = ToProto(options_.requested_ttl);
     }
     std::optional<Credentials> current = store_->credentials();
-    const bool current_valid = current.has_value() && current->chain.front().not_after() > Now();
+    bool current_valid = false;
+    {
+      absl::MutexLock lock(&mu_);
+      // Judged on our clock from when the certificate arrived, not from its (server-clock)
+      // notAfter: a proxy whose clock is off still knows whether its certificate is usable.
+      current_valid = current.has_value() && cert_times_.has_value() && cert_times_->not_after > Now();
+    }
     std::string mode;
     std::shared_ptr<grpc::Channel> channel;
     const std::string token = ReadCredential(options_.token_file);
@@ -199,8 +224,15 @@ class IdentityClient::Impl {
     stats_->trust_bundle_roots = static_cast<int64_t>(next.bundle.roots().size());
     stats_->rotations.fetch_add(1);
     stats_->credential_reloads_ok.fetch_add(1);
-    CertificateTimes times{leaf.not_before(), leaf.not_after(), std::nullopt, Now()};
-    if (response.has_refresh_after()) times.refresh_after = FromProto(response.refresh_after());
+    const absl::Time received = Now();
+    CertificateTimes times{leaf.not_before(), leaf.not_after(), std::nullopt, received};
+    if (response.has_refresh_in() && response.has_valid_for()) {
+      // Relative times: correct whatever our clock says.
+      times = CertificateTimes{received, received + FromProto(response.valid_for()),
+                               received + FromProto(response.refresh_in()), received};
+    } else if (response.has_refresh_after()) {
+      times.refresh_after = FromProto(response.refresh_after());
+    }
     absl::MutexLock lock(&mu_);
     cert_times_ = times;
     // Set with the count, so that whoever sees the new certificate sees its schedule too.
@@ -271,9 +303,10 @@ class IdentityClient::Impl {
 
   void WatchLoop() {
     int attempt = 0;
-    std::shared_ptr<grpc::Channel> channel = MakeChannel("", "");
-    std::unique_ptr<v1::Identity::Stub> stub = v1::Identity::NewStub(channel);
     while (true) {
+      // A new channel per attempt: it picks up the roots pushed since (after a root rotation the
+      // control plane presents a certificate only the new root verifies).
+      std::unique_ptr<v1::Identity::Stub> stub = v1::Identity::NewStub(MakeChannel("", ""));
       auto context = std::make_unique<grpc::ClientContext>();
       {
         absl::MutexLock lock(&mu_);
@@ -296,7 +329,10 @@ class IdentityClient::Impl {
         watch_context_ = nullptr;
         status_.watching = false;
         if (stopping_) return;
-        delay = RetryDelay(attempt++, Sample(), Now(), absl::InfiniteFuture(), options_.policy);
+        // Reconnecting a Watch is cheap; never wait long for trust updates.
+        RefreshPolicy watch_policy = options_.policy;
+        watch_policy.retry_cap = std::min(watch_policy.retry_cap, absl::Seconds(5));
+        delay = RetryDelay(attempt++, Sample(), Now(), absl::InfiniteFuture(), watch_policy);
       }
       log::Warn("control-plane watch stream ended; reconnecting",
                 {{"code", static_cast<int>(status.error_code())},

@@ -37,9 +37,12 @@ absl::Duration RetryDelay(int attempt, double jitter_sample, absl::Time now, abs
   const double exponent = std::min(attempt, 30);
   absl::Duration delay = std::min(policy.retry_base * std::pow(2.0, exponent), policy.retry_cap);
   delay = delay * (0.5 + jitter_sample);
-  // With a valid certificate, retry at least a few times before it expires.
   if (not_after != absl::InfiniteFuture() && not_after > now) {
+    // With a valid certificate, retry at least a few times before it expires.
     delay = std::min(delay, (not_after - now) / 4);
+  } else {
+    // None, or expired: every second without one is a second of refused traffic.
+    delay = std::min(delay, policy.retry_cap_without_certificate * (0.5 + jitter_sample));
   }
   return std::max(delay, policy.min_delay / 10);
 }

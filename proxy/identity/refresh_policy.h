@@ -22,6 +22,9 @@ struct RefreshPolicy {
   // the certificate has `expiry_margin` left, so the last attempts happen while it is valid.
   absl::Duration retry_base = absl::Milliseconds(500);
   absl::Duration retry_cap = absl::Seconds(30);
+  // Without a valid certificate the proxy cannot serve: retry at least this often (with jitter,
+  // so a fleet coming back after a control-plane outage does not arrive at once).
+  absl::Duration retry_cap_without_certificate = absl::Seconds(5);
 };
 
 struct CertificateTimes {

@@ -16,6 +16,12 @@ struct ProxyOptions {
   absl::Duration handshake_timeout = absl::Seconds(10);
   absl::Duration idle_timeout = absl::Hours(1);
   size_t buffer_bytes = 16384;  // per direction per connection
+  // Close a connection (ConnectionFailure::kPeerExpired) when its verified peer's leaf
+  // certificate passes its notAfter.
+  bool close_on_peer_expiry = true;
+  // Close connections older than this (ConnectionFailure::kMaxAge), +/-10% jitter per
+  // connection; zero = unlimited.
+  absl::Duration max_connection_age = absl::ZeroDuration();
 };
 
 }  // namespace trellis::proxy

@@ -120,6 +120,8 @@ void Worker::OnAccept(size_t index, UniqueFd fd) {
   options.handshake_timeout = options_->handshake_timeout;
   options.idle_timeout = options_->idle_timeout;
   options.buffer_bytes = options_->buffer_bytes;
+  options.close_on_peer_expiry = options_->close_on_peer_expiry;
+  options.max_connection_age = options_->max_connection_age;
   const std::vector<identity::SpiffeIdPattern>* peers = &listener.config.peers;
 
   if (IsCapture(kind)) {

@@ -41,12 +41,14 @@ enum class ConnectionFailure {
   kOriginalDst,          // SO_ORIGINAL_DST unavailable (not redirected by iptables)
   kReset,                // either side reset the connection mid-stream
   kDenied,               // closed because the peer was revoked after connecting
+  kPeerExpired,          // closed when the verified peer certificate passed its notAfter
+  kMaxAge,               // closed at --max_connection_age (with jitter)
   kCount,
 };
 inline constexpr std::array<absl::string_view, static_cast<size_t>(ConnectionFailure::kCount)>
     kConnectionFailureLabels = {"upstream_connect", "connection_limit", "idle_timeout",
                                 "connect_timeout",  "original_dst",     "reset",
-                                "denied"};
+                                "denied",           "peer_expired",     "max_connection_age"};
 
 inline constexpr std::array<double, 12> kHandshakeBuckets = {
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 5};

@@ -14,7 +14,8 @@ TRELLIS_DEBIAN_PACKAGES=(
   # Libraries, found through pkg-config by //third_party/system:system_libs.bzl.
   libgrpc++-dev protobuf-compiler-grpc protobuf-compiler libprotobuf-dev libabsl-dev
   libssl-dev openssl libgtest-dev libgmock-dev googletest android-libboringssl-dev
-  nlohmann-json3-dev libbenchmark-dev libcpp-httplib-dev libcurl4-openssl-dev
+  nlohmann-json3-dev libbenchmark-dev libcpp-httplib-dev libcurl4-openssl-dev libyaml-cpp-dev
+  faketime
   # Tools the tests and the demo use.
   python3 curl iproute2 iptables ca-certificates tcpdump
 )
@@ -31,6 +32,11 @@ trellis_install_deps() {
       missing+=("$pkg")
     fi
   done
+  # Node.js and npm (the Kubernetes schema validator in tests/k8s): machines of this kind come
+  # with them; install Debian's only where they are absent, never over another install.
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    missing+=(nodejs npm)
+  fi
   if ((${#missing[@]} == 0)); then
     return 0
   fi

@@ -34,6 +34,8 @@ _PKG_CONFIG_LIBS = {
     "gtest": ["gmock", "gtest", "gtest_main"],
     "benchmark": ["benchmark"],
     "libcurl": ["libcurl"],
+    # yaml-cpp (Debian libyaml-cpp-dev): YAML <-> JSON for `trellisctl inject`.
+    "yaml_cpp": ["yaml-cpp"],
 }
 
 # Debian's Android BoringSSL: shared libraries only, headers under /usr/include/android.

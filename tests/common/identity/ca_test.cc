@@ -407,6 +407,84 @@ TEST_F(CaTest, RsaLeafAlsoGetsKeyEncipherment) {
   EXPECT_TRUE(SignedBy(leaf, root_));
 }
 
+// --- LeafIssuer: the prepared form a signer keeps ---
+
+// DER of a certificate's SubjectPublicKeyInfo, and of a key's.
+std::string SpkiDer(const Certificate& cert) {
+  uint8_t* der = nullptr;
+  const int len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert.get()), &der);
+  std::string out(reinterpret_cast<const char*>(der), len > 0 ? static_cast<size_t>(len) : 0);
+  OPENSSL_free(der);
+  return out;
+}
+
+std::string SpkiDer(EVP_PKEY* key) {
+  uint8_t* der = nullptr;
+  const int len = i2d_PUBKEY(key, &der);
+  std::string out(reinterpret_cast<const char*>(der), len > 0 ? static_cast<size_t>(len) : 0);
+  OPENSSL_free(der);
+  return out;
+}
+
+// Each extension's DER, in order.
+std::vector<std::string> ExtensionsDer(const Certificate& cert) {
+  std::vector<std::string> out;
+  for (int i = 0; i < X509_get_ext_count(cert.get()); ++i) {
+    uint8_t* der = nullptr;
+    const int len = i2d_X509_EXTENSION(X509_get_ext(cert.get(), i), &der);
+    out.emplace_back(reinterpret_cast<const char*>(der), len > 0 ? static_cast<size_t>(len) : 0);
+    OPENSSL_free(der);
+  }
+  return out;
+}
+
+TEST_F(CaTest, LeafIssuerMakesWhatIssueLeafCertificateMakes) {
+  const LeafIssuer issuer = Unwrap(LeafIssuer::Create(root_, root_key_));
+  const Certificate prepared = Unwrap(issuer.Issue(leaf_key_.get(), LeafSpec()));
+  const Certificate direct = Leaf();
+  EXPECT_EQ(ExtensionsDer(prepared), ExtensionsDer(direct));
+  EXPECT_EQ(SpkiDer(prepared), SpkiDer(direct));
+  EXPECT_EQ(prepared.issuer(), direct.issuer());
+  EXPECT_EQ(prepared.subject(), "");
+  EXPECT_EQ(prepared.not_before(), direct.not_before());
+  EXPECT_EQ(prepared.not_after(), direct.not_after());
+  EXPECT_NE(prepared.serial_hex(), direct.serial_hex());
+  EXPECT_TRUE(SignedBy(prepared, root_));
+  EXPECT_EQ(VerifyChain(prepared, root_), X509_V_OK);
+}
+
+TEST_F(CaTest, LeafIssuerRefusesWhatIssueLeafCertificateRefuses) {
+  PrivateKey other = P256();
+  absl::StatusOr<LeafIssuer> mismatched = LeafIssuer::Create(root_, other);
+  EXPECT_EQ(mismatched.status().code(), absl::StatusCode::kInvalidArgument);
+  const Certificate leaf = Leaf();
+  absl::StatusOr<LeafIssuer> not_ca = LeafIssuer::Create(leaf, leaf_key_);
+  EXPECT_EQ(not_ca.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The leaf's key is the requester's, byte for byte, whatever form the key came in: generated, read
+// back from a CSR (an OpenSSL 3 provider key), on P-256 or P-384; and the certificate object can
+// hand it back (TLS and X509_check_private_key use it).
+TEST_F(CaTest, LeafSubjectKeyIsTheRequestersByteForByte) {
+  EXPECT_EQ(SpkiDer(Leaf()), SpkiDer(leaf_key_.get()));
+  PrivateKey p384 = P384();
+  for (PrivateKey* key : {&leaf_key_, &p384}) {
+    const std::string spki = Unwrap(key->PublicKeyDer());
+    const auto* p = reinterpret_cast<const uint8_t*>(spki.data());
+    crypto::UniquePtr<EVP_PKEY> decoded(d2i_PUBKEY(nullptr, &p, static_cast<long>(spki.size())));
+    ASSERT_NE(decoded, nullptr);
+    const Certificate leaf =
+        Unwrap(IssueLeafCertificate(root_, root_key_, decoded.get(), LeafSpec()));
+    EXPECT_EQ(SpkiDer(leaf), spki);
+    EXPECT_NE(crypto::UniquePtr<EVP_PKEY>(X509_get_pubkey(leaf.get())), nullptr);
+    EXPECT_TRUE(KeyMatchesCertificate(*key, leaf));
+    // And the same after a round trip through DER, as a peer sees it.
+    const Certificate reparsed = Unwrap(Certificate::FromDer(leaf.ToDer()));
+    EXPECT_EQ(SpkiDer(reparsed), spki);
+    EXPECT_EQ(KeyIdOf(reparsed), OctetString(X509_get0_subject_key_id(reparsed.get())));
+  }
+}
+
 // --- The openssl command-line tool's opinion ---
 
 struct CommandResult {

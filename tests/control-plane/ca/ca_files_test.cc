@@ -171,12 +171,29 @@ TEST_F(CaFilesTest, RefusesKeyReadableByOthers) {
   ExpectNoKeyBytes(loaded.status(), *intermediate_.key);
 }
 
-TEST_F(CaFilesTest, RefusesKeyReadableByGroup) {
+TEST_F(CaFilesTest, RefusesKeyReadableByAGroupWeAreNotIn) {
   ASSERT_TRUE(WriteCaFiles(dir_, CaOf(intermediate_, {}, {&root_}), {}).ok());
-  ASSERT_EQ(chmod(JoinPath(dir_, kCaKeyFile).c_str(), 0640), 0);
+  const std::string key = JoinPath(dir_, kCaKeyFile);
+  ASSERT_EQ(chmod(key.c_str(), 0640), 0);
+  // A group this process is not in (the tests run as root, which may chown).
+  const gid_t stranger = 54321;
+  if (chown(key.c_str(), -1, stranger) != 0) GTEST_SKIP() << "cannot chown here (not root)";
   absl::StatusOr<CaFiles> loaded = LoadCaFiles(dir_);
   ASSERT_FALSE(loaded.ok());
   EXPECT_THAT(std::string(loaded.status().message()), HasSubstr("0640"));
+  // Group write is refused whatever the group.
+  ASSERT_EQ(chown(key.c_str(), -1, getegid()), 0);
+  ASSERT_EQ(chmod(key.c_str(), 0660), 0);
+  EXPECT_FALSE(LoadCaFiles(dir_).ok());
+}
+
+TEST_F(CaFilesTest, AcceptsKeyReadOnlyForOurOwnGroupAsAKubernetesFsGroupMountIs) {
+  // defaultMode 0400 + fsGroup gives 0440 with the pod's group: a non-root control plane reads it.
+  ASSERT_TRUE(WriteCaFiles(dir_, CaOf(intermediate_, {}, {&root_}), {}).ok());
+  const std::string key = JoinPath(dir_, kCaKeyFile);
+  ASSERT_EQ(chown(key.c_str(), -1, getegid()), 0);
+  ASSERT_EQ(chmod(key.c_str(), 0440), 0);
+  EXPECT_TRUE(LoadCaFiles(dir_).ok());
 }
 
 TEST_F(CaFilesTest, RefusesKeyThatDoesNotMatchCertificate) {

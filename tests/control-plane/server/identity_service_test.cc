@@ -213,6 +213,25 @@ TEST_F(IdentityServiceTest, RenewsWithTheIssuedCertificateAsClientCertificate) {
   EXPECT_EQ(server_->metrics().issuances("ok", "renewal"), 1u);
 }
 
+// The control plane keeps the parse of the last intermediates text a renewal presented; each
+// renewal is still verified in full, so a foreign chain after a cached one is refused, and a good
+// one after it is accepted.
+TEST_F(IdentityServiceTest, RenewalsAfterOneAnotherAreEachVerified) {
+  const Workload a = NewWorkload();
+  const Workload b = NewWorkload();
+  const IssueCertificateResponse issued_a = IssueFirst(a, "spiffe://cluster.local/vm/edge-gw-7");
+  const IssueCertificateResponse issued_b = IssueFirst(b, "spiffe://cluster.local/vm/edge-gw-8");
+  ExpectRenewal(*server_, a, issued_a, "spiffe://cluster.local/vm/edge-gw-7");
+  ExpectRenewal(*server_, b, issued_b, "spiffe://cluster.local/vm/edge-gw-8");
+  const ::trellis::testing::TestCa other = ::trellis::testing::MakeRoot("Somebody Else's Root");
+  const ::trellis::testing::TestLeaf leaf =
+      ::trellis::testing::MakeLeaf(other, "spiffe://cluster.local/vm/edge-gw-7");
+  IssueResult foreign = server_->Renew(NewWorkload(), ClientCertOf(leaf));
+  EXPECT_EQ(foreign.status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  ExpectRenewal(*server_, a, issued_a, "spiffe://cluster.local/vm/edge-gw-7");
+  EXPECT_EQ(server_->metrics().issuances("ok", "renewal"), 3u);
+}
+
 // --- Kubernetes token refusals ---
 
 struct JwtCase {

@@ -69,9 +69,15 @@ TEST(RefreshPolicyTest, RetryBacksOffExponentiallyWithJitterAndCap) {
   EXPECT_EQ(RetryDelay(0, 0.5, kT0, never, policy), absl::Milliseconds(500));
   EXPECT_EQ(RetryDelay(1, 0.5, kT0, never, policy), absl::Seconds(1));
   EXPECT_EQ(RetryDelay(3, 0.5, kT0, never, policy), absl::Seconds(4));
-  EXPECT_EQ(RetryDelay(20, 0.5, kT0, never, policy), absl::Seconds(30));  // cap
-  EXPECT_EQ(RetryDelay(20, 0.0, kT0, never, policy), absl::Seconds(15));  // -50%
-  EXPECT_EQ(RetryDelay(100000, 0.5, kT0, never, policy), absl::Seconds(30));
+  // No certificate yet: capped at 5 s (+/- 50% jitter), not 30 s.
+  EXPECT_EQ(RetryDelay(20, 0.5, kT0, never, policy), absl::Seconds(5));
+  EXPECT_EQ(RetryDelay(20, 0.0, kT0, never, policy), absl::Seconds(2.5));
+  EXPECT_EQ(RetryDelay(100000, 0.5, kT0, never, policy), absl::Seconds(5));
+  // An expired certificate: the same short cap.
+  EXPECT_EQ(RetryDelay(20, 0.5, kT0, kT0 - absl::Seconds(1), policy), absl::Seconds(5));
+  // A valid certificate with plenty of time left: the long cap applies.
+  EXPECT_EQ(RetryDelay(20, 0.5, kT0, kT0 + absl::Hours(1), policy), absl::Seconds(30));
+  EXPECT_EQ(RetryDelay(20, 0.0, kT0, kT0 + absl::Hours(1), policy), absl::Seconds(15));
 }
 
 TEST(RefreshPolicyTest, RetriesFitBeforeExpiry) {
