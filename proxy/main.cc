@@ -74,8 +74,10 @@ ABSL_FLAG(absl::Duration, connect_timeout, absl::Seconds(5), "Upstream TCP conne
 ABSL_FLAG(absl::Duration, handshake_timeout, absl::Seconds(10), "TLS handshake timeout.");
 ABSL_FLAG(absl::Duration, idle_timeout, absl::Hours(1), "Close connections idle this long.");
 ABSL_FLAG(int64_t, buffer_bytes, 16384, "Relay buffer per direction per connection.");
-ABSL_FLAG(bool, close_on_peer_expiry, true,
-          "Close a connection when its verified peer certificate passes its notAfter.");
+ABSL_FLAG(bool, close_on_peer_expiry, false,
+          "Close a connection when the peer certificate it was opened with passes its notAfter. "
+          "Off by default: rotation must not cut connections that were verified when opened "
+          "(the peer has long since rotated); turn on where policy demands it.");
 ABSL_FLAG(absl::Duration, max_connection_age, absl::ZeroDuration(),
           "Close connections older than this (+/-10% jitter); 0 = unlimited.");
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(20),

@@ -110,6 +110,11 @@ class IdentityClient::Impl {
     args.SetSslTargetNameOverride(options_.control_plane_name);
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+    // Our own retry schedule decides when to try again: do not share a global subchannel (and
+    // its reconnect backoff, up to 2 minutes) with earlier channels to the same address.
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 250);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
     return grpc::CreateCustomChannel(options_.control_plane_address, grpc::SslCredentials(ssl),
                                      args);
   }

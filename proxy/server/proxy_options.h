@@ -17,8 +17,9 @@ struct ProxyOptions {
   absl::Duration idle_timeout = absl::Hours(1);
   size_t buffer_bytes = 16384;  // per direction per connection
   // Close a connection (ConnectionFailure::kPeerExpired) when its verified peer's leaf
-  // certificate passes its notAfter.
-  bool close_on_peer_expiry = true;
+  // certificate passes its notAfter. Off by default: with short-lived certificates every
+  // long-lived connection would be cut at each rotation.
+  bool close_on_peer_expiry = false;
   // Close connections older than this (ConnectionFailure::kMaxAge), +/-10% jitter per
   // connection; zero = unlimited.
   absl::Duration max_connection_age = absl::ZeroDuration();

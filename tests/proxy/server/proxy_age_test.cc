@@ -48,7 +48,7 @@ bool IsInbound(const ProxyOptions& o) {
 
 TEST_F(ProxyAgeTest, PeerExpiryClosesConnection) {
   TestMesh mesh = ShortLivedClient(absl::Seconds(3));
-  ProxyPair pair(mesh, backend_.port());
+  ProxyPair pair(mesh, backend_.port(), [](ProxyOptions& o) { o.close_on_peer_expiry = true; });
   const absl::Time start = absl::Now();
   UniqueFd fd = OpenRelayed(pair);
   // Still relaying well before expiry.
@@ -115,7 +115,8 @@ TEST_F(ProxyAgeTest, MaxConnectionAgeClosesAndNewConnectionsWork) {
 TEST_F(ProxyAgeTest, MaxConnectionAgeUnlimitedByDefault) {
   ProxyOptions defaults;
   EXPECT_EQ(defaults.max_connection_age, absl::ZeroDuration());
-  EXPECT_TRUE(defaults.close_on_peer_expiry);
+  // Off unless asked for: rotation must not cut connections verified when they were opened.
+  EXPECT_FALSE(defaults.close_on_peer_expiry);
 }
 
 }  // namespace
