@@ -57,7 +57,7 @@ class RelayConnection : public DeferredDeletable {
     absl::Duration idle_timeout = absl::Hours(1);
     size_t buffer_bytes = 16384;
     // Close (kPeerExpired) when the verified peer leaf passes its notAfter.
-    bool close_on_peer_expiry = true;
+    bool close_on_peer_expiry = false;
     // Close (kMaxAge) this long after Start(), +/-10% jitter; zero = never.
     absl::Duration max_connection_age = absl::ZeroDuration();
   };
