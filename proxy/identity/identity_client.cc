@@ -242,6 +242,7 @@ class IdentityClient::Impl {
     cert_times_ = times;
     // Set with the count, so that whoever sees the new certificate sees its schedule too.
     status_.next_rotation = NextRefresh(Now(), times, renew_before_, Sample(), options_.policy);
+    stats_->next_rotation_seconds = absl::ToUnixSeconds(status_.next_rotation);
     status_.rotation_count++;
     status_.control_plane_reachable = true;
     status_.last_error.clear();
@@ -275,6 +276,8 @@ class IdentityClient::Impl {
           status_.last_error = status.ToString();
           status_.last_error_time = now;
           stats_->credential_reloads_error.fetch_add(1);
+          stats_->renewal_failures.fetch_add(1);
+          stats_->last_renewal_error_seconds = absl::ToUnixSeconds(now);
           log::Warn("certificate renewal failed; keeping the current certificate",
                     {{"error", status_.last_error},
                      {"attempt", attempt},
@@ -283,6 +286,7 @@ class IdentityClient::Impl {
                       cert_times_.has_value() ? absl::FormatTime(cert_times_->not_after) : ""}});
         }
         status_.next_rotation = wake;
+        stats_->next_rotation_seconds = absl::ToUnixSeconds(wake);
         // Sleep until `wake`, or until told to stop; a Watch hint can only bring it forward.
         auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
           return stopping_ || renew_hint_changed_;
@@ -296,6 +300,7 @@ class IdentityClient::Impl {
               target = std::min(target, NextRefresh(Now(), *cert_times_, renew_before_, Sample(),
                                                     options_.policy));
               status_.next_rotation = target;
+              stats_->next_rotation_seconds = absl::ToUnixSeconds(target);
             }
           }
           const absl::Duration left = target - Now();
@@ -333,6 +338,7 @@ class IdentityClient::Impl {
         absl::MutexLock lock(&mu_);
         watch_context_ = nullptr;
         status_.watching = false;
+        stats_->control_plane_connected = 0;
         if (stopping_) return;
         // Reconnecting a Watch is cheap; never wait long for trust updates.
         RefreshPolicy watch_policy = options_.policy;
@@ -364,6 +370,7 @@ class IdentityClient::Impl {
     {
       absl::MutexLock lock(&mu_);
       status_.watching = true;
+      stats_->control_plane_connected = 1;
       status_.control_plane_reachable = true;
       status_.bundle_version = response.version();
       pending_bundle_ = *bundle;

@@ -141,6 +141,22 @@ std::string RenderPrometheus(const std::vector<const WorkerStats*>& workers,
   Header(&out, "trellis_proxy_rotations_total", "counter",
          "Times a new workload certificate was put into use.");
   absl::StrAppend(&out, "trellis_proxy_rotations_total ", global.rotations.load(), "\n");
+  Header(&out, "trellis_proxy_next_rotation_timestamp_seconds", "gauge",
+         "When the proxy plans to renew its certificate, Unix seconds (0: none planned).");
+  absl::StrAppend(&out, "trellis_proxy_next_rotation_timestamp_seconds ",
+                  global.next_rotation_seconds.load(), "\n");
+  Header(&out, "trellis_proxy_renewal_failures_total", "counter",
+         "Failed attempts to get a certificate from the control plane (the current one is kept).");
+  absl::StrAppend(&out, "trellis_proxy_renewal_failures_total ", global.renewal_failures.load(),
+                  "\n");
+  Header(&out, "trellis_proxy_last_renewal_error_timestamp_seconds", "gauge",
+         "When the last renewal failed, Unix seconds (0: never); the error text is in /certs.");
+  absl::StrAppend(&out, "trellis_proxy_last_renewal_error_timestamp_seconds ",
+                  global.last_renewal_error_seconds.load(), "\n");
+  Header(&out, "trellis_proxy_control_plane_connected", "gauge",
+         "1 while the Watch stream to the control plane is open.");
+  absl::StrAppend(&out, "trellis_proxy_control_plane_connected ",
+                  global.control_plane_connected.load(), "\n");
   return out;
 }
 

@@ -16,6 +16,11 @@
 //   trellis_proxy_trust_bundle_roots                          gauge   (ProxyStats)
 //   trellis_proxy_credential_reloads_total{result}            counter (ProxyStats)
 //   trellis_proxy_rotations_total                             counter (ProxyStats)
+//   trellis_proxy_next_rotation_timestamp_seconds             gauge   (ProxyStats; 0: none planned)
+//   trellis_proxy_renewal_failures_total                      counter (ProxyStats)
+//   trellis_proxy_last_renewal_error_timestamp_seconds        gauge   (ProxyStats; 0: never;
+//                                                              the error itself is in /certs)
+//   trellis_proxy_control_plane_connected                     gauge   (ProxyStats; Watch open)
 
 #include <array>
 #include <atomic>
@@ -80,6 +85,10 @@ struct ProxyStats {
   std::atomic<uint64_t> credential_reloads_ok{0};
   std::atomic<uint64_t> credential_reloads_error{0};
   std::atomic<uint64_t> rotations{0};
+  std::atomic<int64_t> next_rotation_seconds{0};
+  std::atomic<uint64_t> renewal_failures{0};
+  std::atomic<int64_t> last_renewal_error_seconds{0};
+  std::atomic<int64_t> control_plane_connected{0};
 };
 
 // Prometheus text (format 0.0.4) for the sum of `workers` plus `global`.

@@ -70,6 +70,9 @@ TEST_F(IdentityClientTest, KubernetesTokenGetsACertificateAndOnlyThenContexts) {
   EXPECT_GT(status.next_rotation, absl::Now() + absl::Minutes(20));
   EXPECT_LT(status.next_rotation, absl::Now() + absl::Minutes(40));
   EXPECT_GT(stats_.certificate_not_after_seconds.load(), absl::ToUnixSeconds(absl::Now()));
+  // The schedule is a metric too.
+  EXPECT_EQ(stats_.next_rotation_seconds.load(), absl::ToUnixSeconds(status.next_rotation));
+  EXPECT_EQ(stats_.renewal_failures.load(), 0u);
   client->Stop();
 }
 
@@ -102,6 +105,8 @@ TEST_F(IdentityClientTest, RefusedCredentialIsReportedAndRetriedWithoutACertific
   ASSERT_TRUE(WaitFor([&] { return stats_.credential_reloads_error.load() >= 2; },
                       absl::Seconds(10)));
   EXPECT_NE(client->status().last_error.find("UNAUTHENTICATED"), std::string::npos);
+  EXPECT_GE(stats_.renewal_failures.load(), 2u);
+  EXPECT_GT(stats_.last_renewal_error_seconds.load(), 0);
   EXPECT_EQ(store_.server_context(), nullptr);
   // The kubelet writes a good token: the next retry succeeds.
   WriteFile("bad-token", server_->KubernetesToken("shop", "web"));
@@ -118,6 +123,7 @@ TEST_F(IdentityClientTest, WatchAppliesDenyListAndBundleLive) {
   client->Start();
   ASSERT_TRUE(client->WaitForFirstCertificate(absl::Seconds(10)));
   ASSERT_TRUE(WaitFor([&] { return client->status().watching; }, absl::Seconds(5)));
+  EXPECT_EQ(stats_.control_plane_connected.load(), 1);
   const int before = updates.load();
   server_->mesh().SetDenyList(*tls::DenyList::Create({"abc123"}, {}));
   const absl::Time start = absl::Now();
