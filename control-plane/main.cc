@@ -1,6 +1,12 @@
 // trellis-control-plane: the mesh's certificate authority. Wires the pieces together and owns
 // the process lifecycle (signals, reload loop, graceful shutdown); all logic lives in libraries.
 
+#include <grpcpp/ext/health_check_service_server_builder_option.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,25 +19,13 @@
 #include <thread>
 #include <vector>
 
-#include <grpcpp/ext/health_check_service_server_builder_option.h>
-#include <grpc/support/log.h>
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
-#include <grpcpp/security/tls_certificate_provider.h>
-#include <grpcpp/security/tls_credentials_options.h>
-#include <grpcpp/security/server_credentials.h>
-
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
-#include "absl/flags/internal/program_name.h"
-#include "absl/flags/internal/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/admin/http_admin.h"
 #include "common/identity/certificate.h"
 #include "common/log/json_log.h"
+#include "common/process/startup.h"
 #include "common/tls/deny_list.h"
 #include "control-plane/auth/join_token_authenticator.h"
 #include "control-plane/auth/kubernetes_jwt_authenticator.h"
@@ -137,17 +131,6 @@ void OnSignal(int signal) {
   }
 }
 
-// gRPC core logs through gpr_log; route it into our JSON lines so that every line on stderr is
-// one JSON object an operator's log pipeline can parse.
-void GrpcLog(gpr_log_func_args* args) {
-  const log::Level level = args->severity == GPR_LOG_SEVERITY_ERROR ? log::Level::kError
-                           : args->severity == GPR_LOG_SEVERITY_INFO ? log::Level::kInfo
-                                                                     : log::Level::kDebug;
-  log::Log(level, args->message != nullptr ? args->message : "",
-           {{"source", "grpc"}, {"file", args->file != nullptr ? args->file : ""},
-            {"line", args->line}});
-}
-
 [[noreturn]] void Die(absl::string_view what, const absl::Status& status) {
   log::Error(what, {{"error", std::string(status.message())}});
   std::exit(1);
@@ -164,8 +147,8 @@ class DenyListFile {
     struct stat st;
     std::string stamp = "missing";
     if (stat(path_.c_str(), &st) == 0) {
-      stamp = absl::StrCat(st.st_ino, ":", st.st_size, ":", st.st_mtim.tv_sec, ".",
-                           st.st_mtim.tv_nsec);
+      stamp =
+          absl::StrCat(st.st_ino, ":", st.st_size, ":", st.st_mtim.tv_sec, ".", st.st_mtim.tv_nsec);
     }
     if (!force && stamp == stamp_) return absl::OkStatus();
     stamp_ = stamp;
@@ -305,7 +288,8 @@ int Run() {
                                          : 2 * cores;
   admission_options.renewal_wait = absl::GetFlag(FLAGS_renewal_queue_wait);
   admission_options.first_issuance_wait = absl::GetFlag(FLAGS_first_issuance_queue_wait);
-  admission_options.reserved_for_first_issuance = absl::GetFlag(FLAGS_reserved_first_issuance_slots);
+  admission_options.reserved_for_first_issuance =
+      absl::GetFlag(FLAGS_reserved_first_issuance_slots);
   admission_options.per_identity_rate_per_second = absl::GetFlag(FLAGS_per_identity_rate);
   admission_options.per_identity_burst = absl::GetFlag(FLAGS_per_identity_burst);
   IssuanceAdmission admission(admission_options);
@@ -324,10 +308,10 @@ int Run() {
   }
   absl::StatusOr<identity::SpiffeId> serving_id = identity::SpiffeId::Parse(serving_id_text);
   if (!serving_id.ok()) Die("bad --serving_spiffe_id", serving_id.status());
-  ServingIdentity serving({MakeStateDir(), *serving_id,
-                           absl::StrSplit(absl::GetFlag(FLAGS_dns_names), ',', absl::SkipEmpty()),
-                           absl::Hours(24)},
-                          ca->get());
+  ServingIdentity serving(
+      {MakeStateDir(), *serving_id,
+       absl::StrSplit(absl::GetFlag(FLAGS_dns_names), ',', absl::SkipEmpty()), absl::Hours(24)},
+      ca->get());
   if (absl::Status s = serving.Refresh(absl::Now()); !s.ok()) {
     Die("cannot issue the serving certificate", s);
   }
@@ -354,8 +338,8 @@ int Run() {
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || grpc_port == 0) {
     Die("cannot start the gRPC server",
-        absl::UnavailableError(absl::StrCat("could not listen on ",
-                                            absl::GetFlag(FLAGS_grpc_address))));
+        absl::UnavailableError(
+            absl::StrCat("could not listen on ", absl::GetFlag(FLAGS_grpc_address))));
   }
   server->GetHealthCheckService()->SetServingStatus(true);
 
@@ -371,8 +355,8 @@ int Run() {
   admin_http.Handle("/live", [] { return admin::HttpAdmin::Response{200, "text/plain", "ok\n"}; });
   std::string admin_host;
   int admin_port = 0;
-  if (absl::Status s = admin::ParseHostPort(absl::GetFlag(FLAGS_admin_address), &admin_host,
-                                            &admin_port);
+  if (absl::Status s =
+          admin::ParseHostPort(absl::GetFlag(FLAGS_admin_address), &admin_host, &admin_port);
       !s.ok()) {
     Die("bad --admin_address", s);
   }
@@ -417,12 +401,12 @@ int Run() {
     (void)deny_list.Reload(forced);
     if (join_tokens != nullptr) (void)join_tokens->Reload();
     if (absl::Status s = serving.Refresh(absl::Now()); !s.ok()) {
-      log::Error("cannot refresh the serving certificate",
-                 {{"error", std::string(s.message())}});
+      log::Error("cannot refresh the serving certificate", {{"error", std::string(s.message())}});
     }
   }
 
-  log::Info("SIGTERM: shutting down", {{"grace", absl::FormatDuration(absl::GetFlag(FLAGS_shutdown_grace))}});
+  log::Info("SIGTERM: shutting down",
+            {{"grace", absl::FormatDuration(absl::GetFlag(FLAGS_shutdown_grace))}});
   ready = false;
   server->GetHealthCheckService()->SetServingStatus(false);
   service.CloseWatches();
@@ -438,30 +422,20 @@ int Run() {
 }  // namespace trellis::control_plane
 
 int main(int argc, char** argv) {
-  gpr_set_log_function(trellis::control_plane::GrpcLog);
-  absl::SetProgramUsageMessage(
-      "the Trellis mesh certificate authority.\n"
-      "Issues short-lived SPIFFE workload certificates over gRPC (trellis.identity.v1.Identity)\n"
-      "and streams the trust bundle and revocation deny-list to every proxy.\n\n"
-      "Usage: trellis-control-plane --ca_dir=DIR [flags]\n"
-      "       trellis-control-plane --flagfile=FILE   (a config file: one --flag=value per line)\n"
-      "Signals: SIGHUP reloads the CA, deny-list and join tokens now; SIGTERM shuts down "
-      "gracefully.");
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view) { return true; };
-  usage.contains_helpshort_flags = [](absl::string_view) { return true; };
-  absl::SetFlagsUsageConfig(usage);
-  absl::flags_internal::SetProgramInvocationName(argv[0]);
-  // Debian's abseil exits 1 after --help; an operator asking for help has not made an error.
-  for (int i = 1; i < argc; ++i) {
-    const absl::string_view arg = argv[i];
-    if (arg == "--help" || arg == "-help" || arg == "--helpfull" || arg == "-h") {
-      absl::flags_internal::FlagsHelp(std::cout, "", absl::flags_internal::HelpFormat::kHumanReadable,
-                                      absl::ProgramUsageMessage());
-      return 0;
-    }
+  trellis::process::RouteGrpcLogsToJson();
+  if (!trellis::process::ParseFlagsOrPrintHelp(
+          argc, argv,
+          "the Trellis mesh certificate authority.\n"
+          "Issues short-lived SPIFFE workload certificates over gRPC "
+          "(trellis.identity.v1.Identity)\n"
+          "and streams the trust bundle and revocation deny-list to every proxy.\n\n"
+          "Usage: trellis-control-plane --ca_dir=DIR [flags]\n"
+          "       trellis-control-plane --flagfile=FILE   (a config file: one --flag=value per "
+          "line)\n"
+          "Signals: SIGHUP reloads the CA, deny-list and join tokens now; SIGTERM shuts down "
+          "gracefully.")) {
+    return 0;
   }
-  absl::ParseCommandLine(argc, argv);
   signal(SIGPIPE, SIG_IGN);
   struct sigaction action = {};
   action.sa_handler = trellis::control_plane::OnSignal;

@@ -2,7 +2,6 @@
 // admin endpoint together and owns the process lifecycle (signals, drain); logic lives in the
 // libraries under proxy/.
 
-#include <grpc/support/log.h>
 #include <signal.h>
 
 #include <cstdlib>
@@ -12,16 +11,12 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/internal/program_name.h"
-#include "absl/flags/internal/usage.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
-#include "absl/flags/usage_config.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/admin/http_admin.h"
 #include "common/log/json_log.h"
+#include "common/process/startup.h"
 #include "proxy/admin/admin_endpoint.h"
 #include "proxy/config/listener_spec.h"
 #include "proxy/identity/context_store.h"
@@ -87,15 +82,6 @@ ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error.");
 namespace trellis::proxy {
 namespace {
 
-void GrpcLog(gpr_log_func_args* args) {
-  const log::Level level = args->severity == GPR_LOG_SEVERITY_ERROR ? log::Level::kError
-                           : args->severity == GPR_LOG_SEVERITY_INFO ? log::Level::kInfo
-                                                                     : log::Level::kDebug;
-  log::Log(level, args->message != nullptr ? args->message : "",
-           {{"source", "grpc"}, {"file", args->file != nullptr ? args->file : ""},
-            {"line", args->line}});
-}
-
 [[noreturn]] void Die(absl::string_view what, const absl::Status& status) {
   log::Error(what, {{"error", std::string(status.message())}});
   std::exit(1);
@@ -105,7 +91,8 @@ absl::StatusOr<std::map<uint16_t, std::vector<identity::SpiffeIdPattern>>> Parse
     absl::string_view text) {
   std::map<uint16_t, std::vector<identity::SpiffeIdPattern>> out;
   for (absl::string_view entry : absl::StrSplit(text, ';', absl::SkipWhitespace())) {
-    std::pair<absl::string_view, absl::string_view> kv = absl::StrSplit(entry, absl::MaxSplits('=', 1));
+    std::pair<absl::string_view, absl::string_view> kv =
+        absl::StrSplit(entry, absl::MaxSplits('=', 1));
     int port = 0;
     if (!absl::SimpleAtoi(kv.first, &port) || port < 1 || port > 65535 || kv.second.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -230,9 +217,8 @@ int Run(const sigset_t& signals) {
   absl::StatusOr<std::unique_ptr<ProxyServer>> server = ProxyServer::Create(*options, &store);
   if (!server.ok()) Die("bad configuration", server.status());
   // A deny-list change closes existing connections with newly denied peers.
-  store.OnPublish([&](const Credentials& credentials) {
-    (*server)->CloseDeniedPeers(credentials.deny_list);
-  });
+  store.OnPublish(
+      [&](const Credentials& credentials) { (*server)->CloseDeniedPeers(credentials.deny_list); });
 
   std::unique_ptr<FileCredentialSource> files;
   std::unique_ptr<IdentityClient> identity;
@@ -335,32 +321,23 @@ int Run(const sigset_t& signals) {
 }  // namespace trellis::proxy
 
 int main(int argc, char** argv) {
-  gpr_set_log_function(trellis::proxy::GrpcLog);
-  absl::SetProgramUsageMessage(
-      "the Trellis sidecar proxy.\n"
-      "Wraps every connection between meshed workloads in mutual TLS and checks the peer's SPIFFE\n"
-      "identity on both ends; certificates come from files or from trellis-control-plane and\n"
-      "rotate with no restart.\n\n"
-      "Usage: trellis-proxy (--cert_file=... --key_file=... --bundle_file=... |\n"
-      "                      --control_plane_address=HOST:PORT --root_file=... --token_file=...)\n"
-      "                     (--listeners=SPECS | --outbound_capture_port=15001 "
-      "--inbound_capture_port=15006) [flags]\n"
-      "       trellis-proxy --flagfile=FILE   (a config file: one --flag=value per line)\n"
-      "Signals: SIGTERM/SIGINT drain gracefully (stop accepting, finish connections, exit).");
-  absl::FlagsUsageConfig usage;
-  usage.contains_help_flags = [](absl::string_view) { return true; };
-  usage.contains_helpshort_flags = [](absl::string_view) { return true; };
-  absl::SetFlagsUsageConfig(usage);
-  absl::flags_internal::SetProgramInvocationName(argv[0]);
-  for (int i = 1; i < argc; ++i) {
-    const absl::string_view arg = argv[i];
-    if (arg == "--help" || arg == "-help" || arg == "--helpfull" || arg == "-h") {
-      absl::flags_internal::FlagsHelp(std::cout, "", absl::flags_internal::HelpFormat::kHumanReadable,
-                                      absl::ProgramUsageMessage());
-      return 0;
-    }
+  trellis::process::RouteGrpcLogsToJson();
+  if (!trellis::process::ParseFlagsOrPrintHelp(
+          argc, argv,
+          "the Trellis sidecar proxy.\n"
+          "Wraps every connection between meshed workloads in mutual TLS and checks the peer's "
+          "SPIFFE\n"
+          "identity on both ends; certificates come from files or from trellis-control-plane and\n"
+          "rotate with no restart.\n\n"
+          "Usage: trellis-proxy (--cert_file=... --key_file=... --bundle_file=... |\n"
+          "                      --control_plane_address=HOST:PORT --root_file=... "
+          "--token_file=...)\n"
+          "                     (--listeners=SPECS | --outbound_capture_port=15001 "
+          "--inbound_capture_port=15006) [flags]\n"
+          "       trellis-proxy --flagfile=FILE   (a config file: one --flag=value per line)\n"
+          "Signals: SIGTERM/SIGINT drain gracefully (stop accepting, finish connections, exit).")) {
+    return 0;
   }
-  absl::ParseCommandLine(argc, argv);
   // Block the signals we wait for before any thread starts, so that every thread inherits it.
   sigset_t signals;
   sigemptyset(&signals);
