@@ -19,6 +19,7 @@
 #include "common/process/startup.h"
 #include "proxy/admin/admin_endpoint.h"
 #include "proxy/config/listener_spec.h"
+#include "proxy/health/app_prober.h"
 #include "proxy/identity/context_store.h"
 #include "proxy/identity/file_credential_source.h"
 #include "proxy/identity/identity_client.h"
@@ -78,6 +79,9 @@ ABSL_FLAG(absl::Duration, max_connection_age, absl::ZeroDuration(),
 ABSL_FLAG(absl::Duration, drain_timeout, absl::Seconds(20),
           "On SIGTERM or POST /drain: stop accepting, then wait this long for connections to end.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error.");
+ABSL_FLAG(std::string, app_probes, "",
+          "The app's HTTP probes to serve on the admin port as /app-health/<container>/<kind>, "
+          "JSON as the sidecar injector writes it. Empty: the env var TRELLIS_APP_PROBES.");
 
 namespace trellis::proxy {
 namespace {
@@ -202,6 +206,17 @@ int Run(const sigset_t& signals) {
   log::SetMinLevel(level);
   absl::StatusOr<ProxyOptions> options = OptionsFromFlags();
   if (!options.ok()) Die("bad configuration", options.status());
+  std::string app_probes_json = absl::GetFlag(FLAGS_app_probes);
+  if (const char* env = std::getenv("TRELLIS_APP_PROBES"); app_probes_json.empty() && env) {
+    app_probes_json = env;
+  }
+  constexpr char kBadProbes[] = "bad app probes (--app_probes or env TRELLIS_APP_PROBES)";
+  absl::StatusOr<std::vector<health::AppProbe>> app_probes =
+      health::ParseAppProbes(app_probes_json);
+  if (!app_probes.ok()) Die(kBadProbes, app_probes.status());
+  absl::StatusOr<std::unique_ptr<health::AppProber>> app_prober =
+      health::AppProber::Create(*std::move(app_probes));
+  if (!app_prober.ok()) Die(kBadProbes, app_prober.status());
 
   const bool file_mode = !absl::GetFlag(FLAGS_cert_file).empty();
   const bool control_plane_mode = !absl::GetFlag(FLAGS_control_plane_address).empty();
@@ -262,6 +277,7 @@ int Run(const sigset_t& signals) {
   admin_options.listeners_up = [&] { return (*server)->listeners_up(); };
   admin_options.drain = [&] { (*server)->Drain(); };
   admin_options.config_dump = [&] { return ConfigDump(*options, **server); };
+  admin_options.app_prober = app_prober->get();
   if (identity != nullptr) {
     admin_options.rotation = [&] {
       const IdentityClientStatus status = identity->status();

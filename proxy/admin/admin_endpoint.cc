@@ -81,6 +81,7 @@ void AdminEndpoint::Register(admin::HttpAdmin* http) {
         return Text(200, "draining");
       },
       /*allow_post=*/true);
+  if (options_.app_prober != nullptr) options_.app_prober->Register(http);
 }
 
 void AdminEndpoint::Drain() {
@@ -112,6 +113,7 @@ Response AdminEndpoint::Prometheus() const {
   Response r;
   r.content_type = kPrometheus;
   r.body = RenderPrometheus(workers, *options_.stats);
+  if (options_.app_prober != nullptr) r.body += options_.app_prober->RenderPrometheus();
   return r;
 }
 

@@ -12,6 +12,11 @@
 //                           the deny-list sizes, and rotation fields (see Certs()).
 //   GET  /config_dump       JSON: the effective configuration (from the config_dump callback).
 //   POST /drain             starts draining (idempotent): 200 "draining". GET is 405.
+//   GET  /app-health/<container>/{livez,readyz,startupz}
+//                           the app's own HTTP probes, rewritten by the injector to come through
+//                           here (proxy/health/app_prober.h): the proxy runs the original probe
+//                           against the app and answers with the app's status code, or 503 and
+//                           the reason. Other /app-health/ paths are 404. Only with app_prober.
 //
 // Nothing any route returns contains key material.
 //
@@ -30,6 +35,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/admin/http_admin.h"
+#include "proxy/health/app_prober.h"
 #include "proxy/identity/context_store.h"
 #include "proxy/stats/proxy_stats.h"
 
@@ -62,6 +68,9 @@ class AdminEndpoint {
     std::function<RotationInfo()> rotation;
     // For the certificate expiry check; absl::Now when empty.
     std::function<absl::Time()> clock;
+    // The app's HTTP probes (from TRELLIS_APP_PROBES): routes /app-health/..., and their counts
+    // in /stats/prometheus. Null: no /app-health routes. Must outlive the endpoint.
+    health::AppProber* app_prober = nullptr;
   };
 
   // InvalidArgument if a required option is missing.
