@@ -31,6 +31,8 @@
 #include "control-plane/auth/kubernetes_jwt_authenticator.h"
 #include "control-plane/auth/tokenreview_authenticator.h"
 #include "control-plane/inject/webhook_server.h"
+#include "control-plane/kube/kube_api.h"
+#include "control-plane/kube/mesh_configmap_sync.h"
 #include "control-plane/server/admission.h"
 #include "control-plane/server/ca_manager.h"
 #include "control-plane/server/identity_service.h"
@@ -70,10 +72,13 @@ ABSL_FLAG(bool, tokenreview, false,
           "Verify Kubernetes service-account tokens with the TokenReview API of the cluster "
           "(in-cluster configuration, or --kube_api_server/--kube_ca_file/--kube_token_file).");
 ABSL_FLAG(std::string, kube_api_server, "",
-          "API server URL for TokenReview, e.g. https://10.96.0.1:443. Default: in-cluster.");
-ABSL_FLAG(std::string, kube_ca_file, "", "CA bundle for the API server (TokenReview).");
+          "API server URL for TokenReview and --mesh_configmap_sync, e.g. "
+          "https://10.96.0.1:443. Default: in-cluster.");
+ABSL_FLAG(std::string, kube_ca_file, "",
+          "CA bundle for the API server (TokenReview, --mesh_configmap_sync).");
 ABSL_FLAG(std::string, kube_token_file, "",
-          "The control plane's own bearer token for TokenReview; re-read on use.");
+          "The control plane's own bearer token for the API server (TokenReview, "
+          "--mesh_configmap_sync); re-read on use.");
 ABSL_FLAG(std::string, audience, "trellis",
           "Audience a Kubernetes service-account token must carry.");
 ABSL_FLAG(std::string, join_tokens_file, "",
@@ -115,6 +120,19 @@ ABSL_FLAG(bool, inject_classic, false,
 ABSL_FLAG(std::string, inject_failure_policy, "Fail",
           "Fail or Ignore, as the webhook configuration's failurePolicy: a pod that cannot be "
           "injected is refused (Fail) or admitted unmeshed with a warning (Ignore).");
+ABSL_FLAG(bool, mesh_configmap_sync, false,
+          "Keep the mesh ConfigMap (--mesh_configmap_name: roots.crt = the live trust bundle, "
+          "trust-domain, control-plane-address) in every namespace labelled "
+          "trellis.io/inject=enabled, through the Kubernetes API (in-cluster configuration, or "
+          "--kube_api_server/--kube_ca_file/--kube_token_file). Needs RBAC: namespaces list; "
+          "configmaps create, get/update (k8s/rbac.yaml).");
+ABSL_FLAG(std::string, mesh_configmap_name, "trellis-mesh",
+          "Name of the mesh ConfigMap injected proxies mount from their namespace.");
+ABSL_FLAG(absl::Duration, mesh_configmap_interval, absl::Seconds(5),
+          "How often --mesh_configmap_sync looks for newly labelled namespaces (a trust bundle "
+          "change is written at once; every copy is re-read each minute).");
+ABSL_FLAG(std::string, mesh_control_plane_address, "trellis-control-plane.trellis-system.svc:15012",
+          "The control-plane-address written into the mesh ConfigMap.");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error.");
 
 namespace trellis::control_plane {
@@ -343,10 +361,54 @@ int Run() {
   }
   server->GetHealthCheckService()->SetServingStatus(true);
 
+  // The mesh ConfigMap in every injected namespace, following the live bundle.
+  std::unique_ptr<kube::KubeApiClient> kube_api;
+  std::unique_ptr<kube::MeshConfigMapSync> mesh_configmaps;
+  int bundle_subscription = 0;
+  if (absl::GetFlag(FLAGS_mesh_configmap_sync)) {
+    kube::KubeApiConfig config;
+    if (absl::GetFlag(FLAGS_kube_api_server).empty()) {
+      absl::StatusOr<kube::KubeApiConfig> in_cluster = kube::InClusterConfig();
+      if (!in_cluster.ok())
+        Die("--mesh_configmap_sync: no in-cluster configuration", in_cluster.status());
+      config = *std::move(in_cluster);
+    } else {
+      config.server_url = absl::GetFlag(FLAGS_kube_api_server);
+      config.ca_file = absl::GetFlag(FLAGS_kube_ca_file);
+      config.token_file = absl::GetFlag(FLAGS_kube_token_file);
+    }
+    absl::StatusOr<std::unique_ptr<kube::KubeApiClient>> client =
+        kube::KubeApiClient::Create(std::move(config));
+    if (!client.ok())
+      Die("--mesh_configmap_sync: bad Kubernetes API configuration", client.status());
+    kube_api = *std::move(client);
+    kube::MeshConfigMapSyncOptions sync_options;
+    sync_options.configmap_name = absl::GetFlag(FLAGS_mesh_configmap_name);
+    sync_options.trust_domain = trust_domain;
+    sync_options.control_plane_address = absl::GetFlag(FLAGS_mesh_control_plane_address);
+    sync_options.interval = absl::GetFlag(FLAGS_mesh_configmap_interval);
+    if (sync_options.interval <= absl::ZeroDuration()) {
+      Die("bad --mesh_configmap_interval", absl::InvalidArgumentError("must be positive"));
+    }
+    mesh_configmaps = std::make_unique<kube::MeshConfigMapSync>(
+        sync_options, kube_api.get(), [&mesh] { return mesh.Current()->bundle.ToPem(); });
+    // A rotation reaches every namespace at once, not at the next interval.
+    std::shared_ptr<const MeshSnapshot> unused;
+    kube::MeshConfigMapSync* sync = mesh_configmaps.get();
+    bundle_subscription = mesh.Subscribe([sync](auto) { sync->Notify(); }, &unused);
+    mesh_configmaps->Start();
+    log::Info("mesh ConfigMap sync started",
+              {{"configmap", sync_options.configmap_name},
+               {"namespaces", sync_options.namespace_selector},
+               {"interval", absl::FormatDuration(sync_options.interval)}});
+  }
+
   std::atomic<bool> ready{true};
   admin::HttpAdmin admin_http;
   admin_http.Handle("/metrics", [&] {
-    return admin::HttpAdmin::Response{200, "text/plain; version=0.0.4", metrics.Render()};
+    std::string text = metrics.Render();
+    if (mesh_configmaps) text += mesh_configmaps->RenderMetrics();
+    return admin::HttpAdmin::Response{200, "text/plain; version=0.0.4", std::move(text)};
   });
   admin_http.Handle("/ready", [&] {
     return ready ? admin::HttpAdmin::Response{200, "text/plain", "ready\n"}
@@ -413,6 +475,10 @@ int Run() {
   server->Shutdown(std::chrono::system_clock::now() +
                    absl::ToChronoSeconds(absl::GetFlag(FLAGS_shutdown_grace)));
   if (webhook) webhook->Stop();
+  if (mesh_configmaps) {
+    mesh.Unsubscribe(bundle_subscription);
+    mesh_configmaps->Stop();
+  }
   admin_http.Stop();
   log::Info("stopped");
   return 0;
