@@ -498,8 +498,9 @@ absl::StatusOr<std::vector<AppProbe>> ParseAppProbes(absl::string_view json) {
 
 absl::StatusOr<std::unique_ptr<AppProber>> AppProber::Create(std::vector<AppProbe> probes,
                                                              Options options) {
-  if (options.max_in_flight < 1) {
-    return absl::InvalidArgumentError("AppProber: max_in_flight must be at least 1");
+  if (options.max_in_flight < 1 || options.max_in_flight_per_route < 1) {
+    return absl::InvalidArgumentError(
+        "AppProber: max_in_flight and max_in_flight_per_route must be at least 1");
   }
   std::set<std::string> routes;
   bool https = false;
@@ -540,15 +541,22 @@ void AppProber::Register(admin::HttpAdmin* http) {
 
 admin::HttpAdmin::Response AppProber::Serve(size_t index) {
   ProbeOutcome outcome;
-  if (in_flight_.fetch_add(1) >= options_.max_in_flight) {
+  const int route = route_in_flight_[index].fetch_add(1);
+  const int all = in_flight_.fetch_add(1);
+  if (route >= options_.max_in_flight_per_route || all >= options_.max_in_flight) {
     outcome.result = ProbeResult::kBusy;
     outcome.status = 503;
-    outcome.detail = absl::StrCat("busy: ", options_.max_in_flight,
-                                  " app probes are already waiting for the app; not probing");
+    outcome.detail =
+        route >= options_.max_in_flight_per_route
+            ? absl::StrCat("busy: ", route, " earlier probes of ", probes_[index].route,
+                           " are still waiting for the app; not probing")
+            : absl::StrCat("busy: ", all,
+                           " app probes are already waiting for the app(s); not probing");
   } else {
     outcome = Run(probes_[index]);
   }
   in_flight_.fetch_sub(1);
+  route_in_flight_[index].fetch_sub(1);
   counts_[index][static_cast<int>(outcome.result)].fetch_add(1, std::memory_order_relaxed);
   return Text(outcome.status, outcome.detail);
 }

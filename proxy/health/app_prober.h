@@ -28,9 +28,12 @@
 //   app not reachable   503 "cannot reach the app at ...: connection refused"
 //   timeout             503 "timeout: the app did not answer within 1s ..."
 //   not HTTP / TLS      503 with the reason
-//   too many at once    503 "busy": at most Options::max_in_flight probes run at once, so a hung
-//                       app can hold only that many of the admin server's threads (8) and the
-//                       other admin routes (/ready, /stats/prometheus, ...) keep answering.
+//   too many at once    503 "busy": at most Options::max_in_flight_per_route probes of one route
+//                       and Options::max_in_flight in all run at once, so a hung app holds only
+//                       that many of the admin server's threads (8): the other admin routes
+//                       (/ready, /stats/prometheus, ...) keep answering, and a hung container
+//                       does not starve its healthy neighbours' probes. (The kubelet sends one
+//                       probe per route at a time, and gives up after the same timeoutSeconds.)
 // Probes never touch the data plane: they run on the admin server's threads.
 //
 // The process must ignore SIGPIPE (trellis-proxy does): OpenSSL writes with write(2).
@@ -91,7 +94,9 @@ class AppProber {
   struct Options {
     // Probes running at once, over all routes; more are answered 503 "busy" at once. Keep it
     // below the admin server's thread count (8) so that other admin routes always have threads.
-    int max_in_flight = 4;
+    int max_in_flight = 6;
+    // Probes of one route running at once.
+    int max_in_flight_per_route = 2;
   };
 
   // InvalidArgument if two probes share a route or a route does not start with /app-health/.
@@ -124,12 +129,14 @@ class AppProber {
       : probes_(std::move(probes)),
         options_(options),
         tls_(std::move(tls)),
-        counts_(probes_.size()) {}
+        counts_(probes_.size()),
+        route_in_flight_(probes_.size()) {}
 
   const std::vector<AppProbe> probes_;
   const Options options_;
   const crypto::UniquePtr<SSL_CTX> tls_;  // only when some probe is HTTPS
   std::vector<std::array<std::atomic<uint64_t>, kProbeResultCount>> counts_;
+  std::vector<std::atomic<int>> route_in_flight_;
   std::atomic<int> in_flight_{0};
 };
 
