@@ -1,9 +1,12 @@
 #!/usr/bin/python3
 """Three "pods" as network namespaces on a bridge, meshed by trellis-init + trellis-proxy.
 
-Usage: netns_e2e.py TRELLIS_INIT TRELLIS_PROXY   (as root; needs ip, iptables, tcpdump, openssl)
+Usage: netns_e2e.py NETNS_PODS_PY TRELLIS_INIT TRELLIS_PROXY   (as root; needs ip, iptables,
+tcpdump, openssl)
 
-Each pod gets its own namespace, a veth into a private bridge, trellis-init's nat rules (run by the
+The namespaces, bridge, veths, host rule, capture and cleanup are scripts/lib/netns_pods.py's (the
+same code as the demo's network-namespace mode). Each pod gets its own namespace, a veth into the
+run's bridge, trellis-init's nat rules (run by the
 binary inside the namespace), a trellis-proxy as UID 1337 in transparent mode with file-mode
 certificates minted here (openssl: a root, one leaf per pod with its SPIFFE URI SAN), and a
 plaintext HTTP app as an ordinary user (nobody). Checks:
@@ -12,40 +15,39 @@ plaintext HTTP app as an ordinary user (nobody). Checks:
   3. pod C, whose identity B's --inbound_port_policy does not allow, is refused, and B's proxy logs
      a JSON line with reason identity_not_allowed naming C's SPIFFE ID;
   4. trellis-init ran twice in pod A leaves one copy of the rules; --cleanup removes them all;
-  5. after cleanup nothing of this run is left (namespaces, links, processes).
-Every wait is bounded. Names carry TRELLIS_NETNS_RUN_ID (default: this PID) so runs don't collide.
+  5. after cleanup nothing of this run is left (namespaces, links, host rules, processes).
+Every wait is bounded. Names and the /24 are unique per run (netns_pods.py), so runs don't collide.
 """
 
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 
-RUN_ID = os.environ.get("TRELLIS_NETNS_RUN_ID", str(os.getpid()))
-NS_PREFIX = f"trellis-e2e-{RUN_ID}-"
-BRIDGE = f"trbr{RUN_ID}"[:15]
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))
+import netns_pods  # noqa: E402  pylint: disable=wrong-import-position
+
 PROXY_UID = 1337
 APP_UID = 65534  # nobody
 APP_PORT = 8080
 PLAIN_PORT = 9999  # excluded from redirection in every pod: plaintext on the wire, by design
-SUBNET = "10.77.0"
 TD = "cluster.local"
 PODS = {
-    "a": {"ip": f"{SUBNET}.11", "spiffe": f"spiffe://{TD}/ns/a/sa/app-a"},
-    "b": {"ip": f"{SUBNET}.12", "spiffe": f"spiffe://{TD}/ns/b/sa/app-b"},
-    "c": {"ip": f"{SUBNET}.13", "spiffe": f"spiffe://{TD}/ns/c/sa/app-c"},
+    "a": {"spiffe": f"spiffe://{TD}/ns/a/sa/app-a"},
+    "b": {"spiffe": f"spiffe://{TD}/ns/b/sa/app-b"},
+    "c": {"spiffe": f"spiffe://{TD}/ns/c/sa/app-c"},
 }
+NET = netns_pods.PodNetwork("e2e", list(PODS))
 # Pod B's app port only admits identities of namespace "a".
 B_POLICY = f"{APP_PORT}=spiffe://{TD}/ns/a/*"
 
 procs = []  # every Popen we started
 failures = []
-work = tempfile.mkdtemp(prefix=f"trellis-netns-{RUN_ID}-")
+work = tempfile.mkdtemp(prefix="trellis-netns-")
 os.chmod(work, 0o755)
 start_time = time.monotonic()
 
@@ -54,30 +56,17 @@ def log(msg):
     print(f"[{time.monotonic() - start_time:6.1f}s] {msg}", flush=True)
 
 
-def ns(pod):
-    return NS_PREFIX + pod
-
-
-def veth(pod):
-    return f"trv{RUN_ID}{pod}"[:15]
-
-
-def run(args, check=True, timeout=30, **kw):
-    r = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} exited {r.returncode}: {r.stderr.strip()}")
-    return r
+def run(args, check=True, timeout=30):
+    return netns_pods.run(args, check=check, timeout=timeout)
 
 
 def in_ns(pod, args, **kw):
-    return run(["ip", "netns", "exec", ns(pod)] + args, **kw)
+    return NET.pods[pod].run(args, **kw)
 
 
 def as_user_in_ns(pod, uid, args):
-    """argv that runs args in the pod's namespace as uid (python3 drops the privileges)."""
-    drop = ("import os,sys; os.setgroups([]); os.setgid(int(sys.argv[1])); "
-            "os.setuid(int(sys.argv[1])); os.execv(sys.argv[2], sys.argv[2:])")
-    return ["ip", "netns", "exec", ns(pod), "/usr/bin/python3", "-c", drop, str(uid)] + args
+    """argv that runs args in the pod's namespace as uid."""
+    return NET.pods[pod].exec_argv(args, uid=uid)
 
 
 def check(cond, what):
@@ -99,41 +88,18 @@ def wait_for(pred, what, timeout):
 
 
 # ---------------------------------------------------------------------------------------------
-# Cleanup: runs on every exit path (atexit, SIGTERM/SIGINT -> SystemExit).
+# Cleanup: runs on every exit path (atexit, SIGTERM/SIGINT -> SystemExit): netns_pods.py stops
+# the processes, then removes namespaces, links, the host rule and the run's record.
 
 
 def cleanup():
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    deadline = time.monotonic() + 5
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout=5)
-    for pod in PODS:
-        r = run(["ip", "netns", "pids", ns(pod)], check=False)
-        for pid in r.stdout.split():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        run(["ip", "netns", "del", ns(pod)], check=False)
-        run(["ip", "link", "del", veth(pod)], check=False)
-    run(["ip", "link", "del", BRIDGE], check=False)
+    left = NET.cleanup(procs)
     subprocess.run(["rm", "-rf", work], check=False)
+    return left
 
 
 def leftovers():
-    left = []
-    netns = run(["ip", "netns", "list"], check=False).stdout
-    left += [line.split()[0] for line in netns.splitlines() if line.startswith(NS_PREFIX)]
-    links = run(["ip", "-o", "link", "show"], check=False).stdout
-    for name in [BRIDGE] + [veth(p) for p in PODS]:
-        if f" {name}:" in links or f" {name}@" in links:
-            left.append(name)
+    left = NET.leftovers()
     left += [f"pid {p.pid}" for p in procs if p.poll() is None]
     if os.path.exists(work):
         left.append(work)
@@ -176,19 +142,6 @@ def mint_certs():
 
 # ---------------------------------------------------------------------------------------------
 # Pods.
-
-
-def make_network():
-    run(["ip", "link", "add", BRIDGE, "type", "bridge"])
-    run(["ip", "link", "set", BRIDGE, "up"])
-    for pod, info in PODS.items():
-        run(["ip", "netns", "add", ns(pod)])
-        run(["ip", "link", "add", veth(pod), "type", "veth", "peer", "name", "eth0",
-             "netns", ns(pod)])
-        run(["ip", "link", "set", veth(pod), "master", BRIDGE, "up"])
-        in_ns(pod, ["ip", "addr", "add", f"{info['ip']}/24", "dev", "eth0"])
-        in_ns(pod, ["ip", "link", "set", "eth0", "up"])
-        in_ns(pod, ["ip", "link", "set", "lo", "up"])
 
 
 def start(argv, logfile):
@@ -300,41 +253,8 @@ def pod_ready(pod):
     return "up" in r.stdout and "app" in r.stdout
 
 
-# ---------------------------------------------------------------------------------------------
-# The capture: pcap parsed by hand (Ethernet, IPv4, TCP).
-
-
-def tcp_payloads(pcap_path):
-    with open(pcap_path, "rb") as f:
-        data = f.read()
-    if len(data) < 24:
-        return []
-    magic = struct.unpack("<I", data[:4])[0]
-    endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
-    linktype = struct.unpack(endian + "I", data[20:24])[0]
-    off, out = 24, []
-    while off + 16 <= len(data):
-        _, _, incl, _ = struct.unpack(endian + "IIII", data[off:off + 16])
-        frame = data[off + 16:off + 16 + incl]
-        off += 16 + incl
-        if linktype != 1 or len(frame) < 14 or frame[12:14] != b"\x08\x00":
-            continue
-        ip = frame[14:]
-        ihl = (ip[0] & 0x0F) * 4
-        if ip[9] != 6:
-            continue
-        total = struct.unpack(">H", ip[2:4])[0]
-        src, dst = ".".join(map(str, ip[12:16])), ".".join(map(str, ip[16:20]))
-        tcp = ip[ihl:total]
-        sport, dport = struct.unpack(">HH", tcp[:4])
-        payload = tcp[(tcp[12] >> 4) * 4:]
-        if payload:
-            out.append((src, sport, dst, dport, payload))
-    return out
-
-
 def main():
-    init_bin, proxy_bin = (os.path.abspath(p) for p in sys.argv[1:3])
+    init_bin, proxy_bin = (os.path.abspath(p) for p in sys.argv[2:4])
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGALRM, on_signal)
@@ -349,10 +269,13 @@ def main():
             print(f"FAIL: {tool} not found: apt-get install {pkg}", file=sys.stderr)
             return 1
     marker = f"trellis-marker-{uuid.uuid4().hex}"
-    log(f"run {RUN_ID}: namespaces {NS_PREFIX}{{a,b,c}}, bridge {BRIDGE}, marker {marker}")
-
     bundle = mint_certs()
-    make_network()
+    NET.create()
+    for pod, info in PODS.items():
+        info["ip"] = NET.pods[pod].ip
+    log(f"run {NET.run_id}: namespaces {', '.join(p.netns for p in NET.pods.values())}, bridge "
+        f"{NET.bridge}, subnet {NET.subnet}.0/24, host rule {' '.join(NET.forward_rule or ['none'])}, "
+        f"marker {marker}")
 
     # trellis-init twice in pod A: one copy of the rules; then --cleanup and once more for real.
     in_ns("a", [init_bin])
@@ -372,12 +295,9 @@ def main():
 
     # Capture everything on the bridge from before the first packet to after the last.
     pcap = f"{work}/bridge.pcap"
-    tcpdump = start(["tcpdump", "-i", BRIDGE, "-n", "-U", "--immediate-mode", "-s", "0", "-w", pcap, "tcp"],
-                    f"{work}/tcpdump.log")
-    wait_for(lambda: "listening on" in read(f"{work}/tcpdump.log") or tcpdump.poll() is not None,
-             "tcpdump to start", 15)
-    if tcpdump.poll() is not None:
-        raise RuntimeError(f"tcpdump exited: {read(f'{work}/tcpdump.log')}")
+    capture = netns_pods.Capture(NET.bridge, pcap, f"{work}/tcpdump.log")
+    procs.append(capture.proc)
+    capture.wait_started()
 
     for pod in PODS:
         start_pod(pod, init_bin, proxy_bin, bundle)
@@ -415,11 +335,10 @@ def main():
     # 2. The capture: TLS between pods, never the marker in clear.
     # --immediate-mode hands every packet over at once; the pause lets the last ones land.
     time.sleep(1.0)
-    tcpdump.send_signal(signal.SIGINT)
-    tcpdump.wait(timeout=10)
+    capture.stop()
     with open(pcap, "rb") as f:
         raw = f.read()
-    payloads = tcp_payloads(pcap)
+    payloads = capture.segments()
     to_app = [p for p in payloads if APP_PORT in (p[1], p[3])]
     hellos = [p for p in to_app if p[4][:1] == b"\x16" and p[4][1:2] == b"\x03"
               and len(p[4]) > 5 and p[4][5] == 1 and p[3] == APP_PORT]
@@ -465,7 +384,8 @@ if __name__ == "__main__":
     finally:
         cleanup()
         left = leftovers()
-        if not check(not left, f"nothing of run {RUN_ID} is left (namespaces, links, processes)"):
+        if not check(not left, f"nothing of run {NET.run_id} is left (namespaces, links, host "
+                     "rules, processes)"):
             log(f"left over: {left}")
             rc = 1
     log(f"{'PASSED' if rc == 0 else 'FAILED'} in {time.monotonic() - start_time:.1f}s")

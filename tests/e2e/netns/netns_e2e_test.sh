@@ -1,27 +1,19 @@
 #!/bin/bash
 # Runs netns_e2e.py (three pods as network namespaces, meshed by trellis-init + trellis-proxy).
-# Usage: netns_e2e_test.sh NETNS_E2E_PY TRELLIS_INIT TRELLIS_PROXY
-# Needs root. The EXIT trap removes this run's namespaces, veths and bridge even if python3 is
-# killed; the driver itself cleans up and checks that nothing is left.
+# Usage: netns_e2e_test.sh NETNS_E2E_PY NETNS_PODS_PY TRELLIS_INIT TRELLIS_PROXY
+# Needs root. The driver cleans up and checks that nothing is left; if python3 itself is killed,
+# the EXIT trap's `netns_pods.py sweep` removes its namespaces, links and host rule.
 set -u
 if [[ $(id -u) -ne 0 ]]; then
   echo "FAIL: needs root (ip netns, iptables); run tests/e2e/netns/run_netns_e2e.sh as root" >&2
   exit 1
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
-export TRELLIS_NETNS_RUN_ID=$$
-ns_prefix="trellis-e2e-$$-"
+# netns_pods.py removes a run whose owner died (e.g. SIGKILLed python3) on `sweep`.
+netns_pods=$2
 # shellcheck disable=SC2317  # Called through the EXIT trap.
 last_resort_cleanup() {
-  local ns pid
-  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$ns_prefix"); do
-    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
-    ip netns del "$ns" 2>/dev/null
-  done
-  for link in "trbr$$" "trv$$a" "trv$$b" "trv$$c"; do
-    ip link del "${link:0:15}" 2>/dev/null
-  done
-  rm -rf "${TMPDIR:-/tmp}/trellis-netns-$$-"*
+  /usr/bin/python3 "$netns_pods" sweep >/dev/null 2>&1
   return 0
 }
 # On TERM/INT (bazel's timeout, Ctrl-C) the driver gets the signal and cleans up itself, within
