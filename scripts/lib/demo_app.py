@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The demo's applications: they speak plain HTTP on loopback and know nothing of TLS.
 
-  demo_app.py server --pod-dir DIR
-      checkout's app: an HTTP server on 127.0.0.1 (free port) answering "checkout says hi".
-      Prints {"listening": PORT} on stdout once it accepts connections.
+  demo_app.py server --pod-dir DIR [--host 127.0.0.1] [--port 0]
+      checkout's app: an HTTP server (port 0: a free port) answering "checkout says hi".
+      Prints {"listening": PORT} on stdout once it accepts connections, then one line per
+      request: {"request": "GET /", "from": "127.0.0.1:PORT"} (who connected: its own proxy).
   demo_app.py client --pod-dir DIR --name NAME --url URL [--interval 0.2]
       frontend's / intruder's app: calls URL every INTERVAL seconds, one new connection per call,
       and prints one JSON line per call on stdout: {"t": ..., "ok": true, "status": 200, "ms": ...}
@@ -21,10 +22,12 @@ import json
 import signal
 import socket
 import sys
+import threading
 import time
 import urllib.parse
 
 STOP = False
+PRINT_LOCK = threading.Lock()
 
 
 def on_stop(_signum, _frame):
@@ -45,12 +48,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, *_args):  # no access log: the clients report every call
+    def log_message(self, *_args):  # the one line per request is printed by do_GET
         pass
 
+    def log_request(self, code="-", size="-"):
+        del code, size
+        line = json.dumps({"request": f"{self.command} {self.path}",
+                           "from": f"{self.client_address[0]}:{self.client_address[1]}"})
+        with PRINT_LOCK:  # handler threads: one whole line at a time
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
 
-def serve(_args):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+
+def serve(args):
+    server = http.server.ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
 
     def shutdown(_signum, _frame):
@@ -117,6 +128,8 @@ def main():
     sub = parser.add_subparsers(dest="mode", required=True)
     s = sub.add_parser("server")
     s.add_argument("--pod-dir", required=True)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=0)
     c = sub.add_parser("client")
     c.add_argument("--pod-dir", required=True)
     c.add_argument("--name", required=True)

@@ -462,6 +462,14 @@ def sweep():
 TLS_CONTENT = {20: "change_cipher_spec", 21: "alert", 22: "handshake", 23: "application_data"}
 
 
+def _pdeathsig():
+    """Child side: SIGTERM when the owner dies without cleaning up."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
 class Capture:
     """tcpdump on one interface into a pcap file; segments() returns the new TCP segments with
     payload since the last call as (src, sport, dst, dport, payload prefix)."""
@@ -474,9 +482,10 @@ class Capture:
         argv = ["tcpdump", "-i", interface, "-n", "-U", "--immediate-mode", "-s", str(snaplen),
                 "-w", pcap_path, bpf]
         self.log = open(log_path, "wb")  # pylint: disable=consider-using-with
-        self.proc = subprocess.Popen(  # pylint: disable=consider-using-with
+        # Its own session: a Ctrl-C on the terminal reaches the owner, which stops it in order.
+        self.proc = subprocess.Popen(  # pylint: disable=consider-using-with,subprocess-popen-preexec-fn
             [which("tcpdump") or "tcpdump"] + argv[1:], stdout=self.log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL)
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_pdeathsig)
 
     def wait_started(self, timeout=15.0):
         deadline = time.monotonic() + timeout
