@@ -2,6 +2,9 @@
 
 #include <httplib.h>
 
+#include <chrono>
+#include <thread>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
@@ -28,6 +31,11 @@ absl::StatusOr<int> HttpAdmin::Start(const std::string& host, int port) {
                                                " (in use, or not a local address?)"));
   }
   thread_ = std::thread([this] { server_->listen_after_bind(); });
+  // httplib's stop() is a no-op until the serving thread has marked the server running, so a
+  // Stop() right after Start() would join a thread that never ends: wait for it (bounded).
+  for (int i = 0; i < 2000 && !server_->is_running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
   return bound;
 }
 

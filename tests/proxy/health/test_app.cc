@@ -48,6 +48,12 @@ TestApp::TestApp(bool https) {
   port_ = server_->bind_to_any_port("127.0.0.1");
   EXPECT_GT(port_, 0) << "test app cannot bind";
   thread_ = std::thread([this] { server_->listen_after_bind(); });
+  // httplib's stop() does nothing until the server thread has marked itself running: wait for
+  // that, or a quick test's destructor would join a thread that never stops.
+  for (int i = 0; i < 1000 && !server_->is_running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_TRUE(server_->is_running()) << "test app did not start within 5 s";
 }
 
 TestApp::~TestApp() {
