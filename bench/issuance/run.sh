@@ -20,6 +20,9 @@
 #   CP_FLAGS=""        extra flags for trellis-control-plane
 #   PERF=0             1: `perf record` the control plane during the best `issue` run
 #   OUTPUT_BASE=/var/cache/trellis-bazel/bench-issuance   Bazel --output_base
+#   BIN_DIR=""         use prebuilt binaries from this bazel-bin directory (cli/trellisctl,
+#                      control-plane/trellis-control-plane, bench/issuance/issuance_load) instead of
+#                      building: for A/B runs of two commits in the same conditions
 #   KEEP=0             1: keep the temporary directory (logs, CA) for inspection
 set -euo pipefail
 
@@ -44,10 +47,16 @@ log() { echo "[bench/issuance] $*" >&2; }
 command -v jq >/dev/null || { log "jq is required (apt-get install jq)"; exit 1; }
 
 # --- build --------------------------------------------------------------------------------------
-log "building (-c opt, output base $OUTPUT_BASE)"
-timeout 1800 bazel --output_base="$OUTPUT_BASE" build -c opt --symlink_prefix=/ \
-  //cli:trellisctl //control-plane:trellis-control-plane //bench/issuance:issuance_load >&2
-BIN=$(bazel --output_base="$OUTPUT_BASE" info -c opt bazel-bin 2>/dev/null)
+BIN_DIR=${BIN_DIR:-}
+if [[ -n "$BIN_DIR" ]]; then
+  log "using prebuilt binaries from $BIN_DIR"
+  BIN=$BIN_DIR
+else
+  log "building (-c opt, output base $OUTPUT_BASE)"
+  timeout 1800 bazel --output_base="$OUTPUT_BASE" build -c opt --symlink_prefix=/ \
+    //cli:trellisctl //control-plane:trellis-control-plane //bench/issuance:issuance_load >&2
+  BIN=$(bazel --output_base="$OUTPUT_BASE" info -c opt bazel-bin 2>/dev/null)
+fi
 TRELLISCTL=$BIN/cli/trellisctl
 CP=$BIN/control-plane/trellis-control-plane
 LOAD=$BIN/bench/issuance/issuance_load

@@ -2,11 +2,17 @@
 
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
+#include <openssl/ecdsa.h>
+#include <openssl/sha.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include <algorithm>
+#include <memory>
+
 #include "absl/strings/str_cat.h"
 #include "common/crypto/openssl_error.h"
+#include "common/identity/der.h"
 
 namespace trellis::identity {
 namespace {
@@ -32,11 +38,261 @@ absl::StatusOr<crypto::UniquePtr<GENERAL_NAMES>> UriSan(absl::string_view uri) {
   return names;
 }
 
-bool HasExplicitCurveParameters(const EVP_PKEY* key) {
-  const EC_KEY* ec = EVP_PKEY_get0_EC_KEY(const_cast<EVP_PKEY*>(key));
-  const EC_GROUP* group = ec == nullptr ? nullptr : EC_KEY_get0_group(ec);
-  // BoringSSL always reports a named curve (it cannot parse explicit parameters at all).
-  return group != nullptr && EC_GROUP_get_asn1_flag(group) != OPENSSL_EC_NAMED_CURVE;
+// What a PKCS#10 request is made of, as ParseCsrDer reads it (RFC 2986):
+//
+//   CertificationRequest ::= SEQUENCE {
+//     certificationRequestInfo  SEQUENCE {        -- the signed bytes
+//       version        INTEGER { v1(0) },
+//       subject        Name,                      -- read for shape only: never used
+//       subjectPKInfo  SEQUENCE { SEQUENCE { id-ecPublicKey, namedCurve OID }, BIT STRING },
+//       attributes [0] IMPLICIT SET OF Attribute OPTIONAL },  -- extensionRequest is read
+//     signatureAlgorithm  SEQUENCE { ecdsa-with-SHA256 | ecdsa-with-SHA384 },  -- no parameters
+//     signature           BIT STRING }            -- a DER ECDSA-Sig-Value
+//
+// The request is parsed by hand instead of with d2i_X509_REQ because OpenSSL 3 decodes the
+// request's key through its provider decoders (OSSL_DECODER), which costs about three times the
+// ECDSA verify itself; and because only this much is accepted anyway. The key is made from the
+// raw point on a named curve and the signature checked with ECDSA over the exact signed bytes.
+
+// OBJECT IDENTIFIER contents (the bytes after tag and length).
+constexpr absl::string_view kOidEcPublicKey("\x2a\x86\x48\xce\x3d\x02\x01", 7);
+constexpr absl::string_view kOidP256("\x2a\x86\x48\xce\x3d\x03\x01\x07", 8);
+constexpr absl::string_view kOidP384("\x2b\x81\x04\x00\x22", 5);
+constexpr absl::string_view kOidEcdsaSha256("\x2a\x86\x48\xce\x3d\x04\x03\x02", 8);
+constexpr absl::string_view kOidEcdsaSha384("\x2a\x86\x48\xce\x3d\x04\x03\x03", 8);
+constexpr absl::string_view kOidExtensionRequest("\x2a\x86\x48\x86\xf7\x0d\x01\x09\x0e", 9);
+constexpr absl::string_view kOidSubjectAltName("\x55\x1d\x11", 3);
+
+// Only for naming what was sent instead.
+constexpr absl::string_view kOidRsaEncryption("\x2a\x86\x48\x86\xf7\x0d\x01\x01\x01", 9);
+constexpr absl::string_view kOidRsaPss("\x2a\x86\x48\x86\xf7\x0d\x01\x01\x0a", 9);
+constexpr absl::string_view kOidEd25519("\x2b\x65\x70", 3);
+constexpr absl::string_view kOidEd448("\x2b\x65\x71", 3);
+constexpr absl::string_view kOidDsa("\x2a\x86\x48\xce\x38\x04\x01", 7);
+
+absl::string_view NonEcKeyName(absl::string_view oid) {
+  if (oid == kOidRsaEncryption || oid == kOidRsaPss) return "RSA";
+  if (oid == kOidEd25519) return "Ed25519";
+  if (oid == kOidEd448) return "Ed448";
+  if (oid == kOidDsa) return "DSA";
+  return "an unsupported key type";
+}
+
+absl::string_view OtherCurveName(absl::string_view oid) {
+  struct Named {
+    absl::string_view oid;
+    absl::string_view name;
+  };
+  static constexpr Named kCurves[] = {
+      {absl::string_view("\x2a\x86\x48\xce\x3d\x03\x01\x01", 8), "P-192"},
+      {absl::string_view("\x2b\x81\x04\x00\x21", 5), "P-224"},
+      {absl::string_view("\x2b\x81\x04\x00\x23", 5), "P-521"},
+      {absl::string_view("\x2b\x81\x04\x00\x0a", 5), "secp256k1"},
+  };
+  for (const Named& curve : kCurves) {
+    if (oid == curve.oid) return curve.name;
+  }
+  return "an unsupported curve";
+}
+
+constexpr absl::string_view kKeyPolicy = "Trellis accepts only ECDSA P-256 or P-384 keys";
+
+absl::Status Malformed(absl::string_view der, absl::string_view what) {
+  // The usual mistake is sending the PEM text; say so when the input does not even start as DER.
+  const bool pem_like = der.empty() || der[0] != '\x30';
+  return absl::InvalidArgumentError(
+      absl::StrCat("CSR is not a DER-encoded PKCS#10 request (", what, ")",
+                   pem_like ? "; send the DER bytes, not PEM text" : ""));
+}
+
+struct EcKeyDeleter {
+  void operator()(EC_KEY* key) const { EC_KEY_free(key); }
+};
+using EcKeyPtr = std::unique_ptr<EC_KEY, EcKeyDeleter>;
+
+// A new EC_KEY on P-256 or P-384. The curve is built once per process and copied into each key:
+// EC_KEY_new_by_curve_name rebuilds it from the curve's constants every time (~12 us under
+// OpenSSL 3, a sixth of a whole CSR check). The two groups live as long as the process (never
+// freed, so no thread can see one go away at exit). Null if OpenSSL cannot allocate.
+EcKeyPtr NewEcKey(int nid) {
+  static const EC_GROUP* const p256 = EC_GROUP_new_by_curve_name(NID_X9_62_prime256v1);
+  static const EC_GROUP* const p384 = EC_GROUP_new_by_curve_name(NID_secp384r1);
+  const EC_GROUP* group = nid == NID_X9_62_prime256v1 ? p256 : p384;
+  EcKeyPtr key(EC_KEY_new());
+  if (group == nullptr || key == nullptr || EC_KEY_set_group(key.get(), group) != 1) {
+    return nullptr;
+  }
+  return key;
+}
+
+// Checks the shape of a Name: SEQUENCE OF SET OF SEQUENCE { OID, one value }. The subject is never
+// used (identity comes from the credential), but a request is only accepted whole.
+bool IsWellFormedName(absl::string_view contents) {
+  der::Reader rdns(contents);
+  while (!rdns.empty()) {
+    absl::string_view rdn;
+    if (!rdns.Read(der::kSet, &rdn) || rdn.empty()) return false;
+    der::Reader atvs(rdn);
+    while (!atvs.empty()) {
+      absl::string_view atv, oid, value;
+      uint8_t tag = 0;
+      if (!atvs.Read(der::kSequence, &atv)) return false;
+      der::Reader parts(atv);
+      if (!parts.Read(der::kObjectIdentifier, &oid) || !der::IsValidOid(oid) ||
+          !parts.ReadAny(&tag, &value) || !parts.empty()) {
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
+// Appends the URI entries of a GeneralNames value (the subjectAltName extension's value).
+absl::Status ReadUriSans(absl::string_view ext_value, std::vector<std::string>* uris) {
+  const absl::Status malformed =
+      absl::InvalidArgumentError("CSR subjectAltName extension is malformed");
+  der::Reader outer(ext_value);
+  absl::string_view names_contents;
+  if (!outer.Read(der::kSequence, &names_contents) || !outer.empty() || names_contents.empty()) {
+    return malformed;
+  }
+  der::Reader names(names_contents);
+  while (!names.empty()) {
+    uint8_t tag = 0;
+    absl::string_view value;
+    if (!names.ReadAny(&tag, &value)) return malformed;
+    // GeneralName is a CHOICE of context-specific tags [0]..[8].
+    if ((tag & 0xc0) != der::kContextSpecific || (tag & 0x1f) > 8) return malformed;
+    constexpr uint8_t kUri = der::kContextSpecific | 6;  // [6] IMPLICIT IA5String
+    if (tag != kUri) continue;
+    for (char c : value) {
+      if (static_cast<uint8_t>(c) > 0x7f) return malformed;  // not IA5
+    }
+    uris->emplace_back(value);
+  }
+  return absl::OkStatus();
+}
+
+// Reads the attributes' extensionRequest (if any) for its subjectAltName URIs. Other attributes
+// and other extensions are allowed and ignored: the CA decides every extension of the leaf.
+absl::Status ReadAttributes(absl::string_view der_text, absl::string_view attributes,
+                            std::vector<std::string>* uris) {
+  der::Reader attrs(attributes);
+  bool seen_extension_request = false;
+  while (!attrs.empty()) {
+    absl::string_view attr, type, values;
+    if (!attrs.Read(der::kSequence, &attr)) return Malformed(der_text, "bad attribute");
+    der::Reader parts(attr);
+    if (!parts.Read(der::kObjectIdentifier, &type) || !der::IsValidOid(type) ||
+        !parts.Read(der::kSet, &values) || !parts.empty()) {
+      return Malformed(der_text, "bad attribute");
+    }
+    if (type != kOidExtensionRequest) continue;
+    if (seen_extension_request) {
+      return absl::InvalidArgumentError("CSR has more than one extensionRequest attribute");
+    }
+    seen_extension_request = true;
+    // SET OF exactly one Extensions ::= SEQUENCE OF Extension.
+    der::Reader set(values);
+    absl::string_view extensions_contents;
+    if (!set.Read(der::kSequence, &extensions_contents) || !set.empty()) {
+      return absl::InvalidArgumentError(
+          "CSR extensionRequest attribute is malformed (it must hold one list of extensions)");
+    }
+    der::Reader extensions(extensions_contents);
+    std::vector<absl::string_view> seen_oids;
+    while (!extensions.empty()) {
+      absl::string_view ext, oid, value, critical;
+      bool has_critical = false;
+      if (!extensions.Read(der::kSequence, &ext)) {
+        return absl::InvalidArgumentError("CSR extensionRequest holds a malformed extension");
+      }
+      der::Reader fields(ext);
+      if (!fields.Read(der::kObjectIdentifier, &oid) || !der::IsValidOid(oid) ||
+          !fields.ReadOptional(der::kBoolean, &critical, &has_critical) ||
+          // DER: critical is absent when FALSE (the default) and 0xff when TRUE.
+          (has_critical && critical != absl::string_view("\xff", 1)) ||
+          !fields.Read(der::kOctetString, &value) || !fields.empty()) {
+        return absl::InvalidArgumentError("CSR extensionRequest holds a malformed extension");
+      }
+      if (std::find(seen_oids.begin(), seen_oids.end(), oid) != seen_oids.end()) {
+        return absl::InvalidArgumentError(
+            "CSR extensionRequest lists the same extension twice (RFC 5280 forbids it)");
+      }
+      seen_oids.push_back(oid);
+      if (oid == kOidSubjectAltName) {
+        if (absl::Status s = ReadUriSans(value, uris); !s.ok()) return s;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The requester's key from a SubjectPublicKeyInfo, with the key policy applied.
+absl::StatusOr<EcKeyPtr> ReadPublicKey(absl::string_view der_text, absl::string_view spki,
+                                       KeyAlgorithm* algorithm) {
+  der::Reader fields(spki);
+  absl::string_view alg, key_bits, alg_oid, point;
+  if (!fields.Read(der::kSequence, &alg) || !fields.Read(der::kBitString, &key_bits) ||
+      !fields.empty()) {
+    return Malformed(der_text, "bad SubjectPublicKeyInfo");
+  }
+  der::Reader alg_fields(alg);
+  if (!alg_fields.Read(der::kObjectIdentifier, &alg_oid) || !der::IsValidOid(alg_oid)) {
+    return Malformed(der_text, "bad public key algorithm");
+  }
+  if (alg_oid != kOidEcPublicKey) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CSR key is ", NonEcKeyName(alg_oid), "; ", kKeyPolicy));
+  }
+  uint8_t params_tag = 0;
+  absl::string_view curve_oid;
+  if (!alg_fields.ReadAny(&params_tag, &curve_oid) || !alg_fields.empty()) {
+    return Malformed(der_text, "bad EC key parameters");
+  }
+  if (params_tag == der::kSequence) {
+    // OpenSSL would read such a key as P-256, but the leaf would copy the explicit parameters and
+    // every peer (RFC 5480, strict verification) would refuse it.
+    return absl::InvalidArgumentError(
+        "CSR key uses explicit EC curve parameters; encode it with the named curve (P-256 or "
+        "P-384) as RFC 5480 requires");
+  }
+  if (params_tag != der::kObjectIdentifier || !der::IsValidOid(curve_oid)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CSR key has no named curve; ", kKeyPolicy, " (RFC 5480 namedCurve)"));
+  }
+  int nid = NID_undef;
+  if (curve_oid == kOidP256) {
+    nid = NID_X9_62_prime256v1;
+    *algorithm = KeyAlgorithm::kEcdsaP256;
+  } else if (curve_oid == kOidP384) {
+    nid = NID_secp384r1;
+    *algorithm = KeyAlgorithm::kEcdsaP384;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CSR key is ECDSA on ", OtherCurveName(curve_oid), "; ", kKeyPolicy));
+  }
+  if (!der::BitStringBytes(key_bits, &point)) {
+    return Malformed(der_text, "public key BIT STRING has unused bits");
+  }
+  const size_t coordinate = nid == NID_X9_62_prime256v1 ? 32 : 48;
+  if (point.size() != 1 + 2 * coordinate || point[0] != '\x04') {
+    return absl::InvalidArgumentError(absl::StrCat("CSR public key is not an uncompressed ",
+                                                   KeyAlgorithmName(*algorithm),
+                                                   " point (04 || X || Y, ", 1 + 2 * coordinate,
+                                                   " bytes); compressed points are not accepted"));
+  }
+  EcKeyPtr key = NewEcKey(nid);
+  if (key == nullptr) return crypto::OpenSslInternalError("cannot allocate an EC key");
+  // oct2key checks that the point is on the curve (and not the point at infinity); P-256 and
+  // P-384 have cofactor 1, so that is all a public key needs.
+  if (EC_KEY_oct2key(key.get(), reinterpret_cast<const uint8_t*>(point.data()), point.size(),
+                     nullptr) != 1) {
+    crypto::ClearOpenSslErrors();
+    return absl::InvalidArgumentError(
+        absl::StrCat("CSR public key is not a point on ", KeyAlgorithmName(*algorithm)));
+  }
+  return key;
 }
 
 }  // namespace
@@ -72,72 +328,99 @@ absl::StatusOr<std::string> CreateCsrDer(const PrivateKey& key, const std::optio
   return out;
 }
 
-absl::StatusOr<ParsedCsr> ParseCsrDer(absl::string_view der) {
-  if (der.empty()) {
+absl::StatusOr<ParsedCsr> ParseCsrDer(absl::string_view der_text) {
+  if (der_text.empty()) {
     return absl::InvalidArgumentError("CSR is empty: send a DER-encoded PKCS#10 request");
   }
-  if (der.size() > kMaxCsrBytes) {
+  if (der_text.size() > kMaxCsrBytes) {
     return absl::InvalidArgumentError(
-        absl::StrCat("CSR is ", der.size(), " bytes; the limit is ", kMaxCsrBytes));
+        absl::StrCat("CSR is ", der_text.size(), " bytes; the limit is ", kMaxCsrBytes));
   }
-  const auto* p = reinterpret_cast<const unsigned char*>(der.data());
-  const unsigned char* const end = p + der.size();
-  crypto::UniquePtr<X509_REQ> req(
-      d2i_X509_REQ(nullptr, &p, static_cast<long>(der.size())));  // NOLINT
-  if (req == nullptr || p != end) {
-    crypto::ClearOpenSslErrors();
+  // CertificationRequest.
+  der::Reader outer(der_text);
+  absl::string_view request;
+  if (!outer.Read(der::kSequence, &request)) {
+    return Malformed(der_text, "it does not start with a complete SEQUENCE");
+  }
+  if (!outer.empty()) {
+    return Malformed(der_text, absl::StrCat(outer.remaining(), " bytes follow the request"));
+  }
+  der::Reader request_fields(request);
+  absl::string_view info, info_element, sig_alg, sig_bits;
+  if (!request_fields.Read(der::kSequence, &info, &info_element) ||
+      !request_fields.Read(der::kSequence, &sig_alg) ||
+      !request_fields.Read(der::kBitString, &sig_bits) || !request_fields.empty()) {
+    return Malformed(der_text, "expected request info, signature algorithm and signature");
+  }
+
+  // CertificationRequestInfo.
+  der::Reader info_fields(info);
+  absl::string_view version, subject, spki, attributes;
+  bool has_attributes = false;
+  if (!info_fields.Read(der::kInteger, &version) || !info_fields.Read(der::kSequence, &subject) ||
+      !info_fields.Read(der::kSequence, &spki) ||
+      // attributes [0] IMPLICIT SET OF: constructed context tag 0. RFC 2986 requires it, but some
+      // encoders leave an empty one out, as OpenSSL tolerates.
+      !info_fields.ReadOptional(der::kContextSpecific | der::kConstructed | 0, &attributes,
+                                &has_attributes) ||
+      !info_fields.empty()) {
+    return Malformed(der_text, "expected version, subject, public key and attributes");
+  }
+  if (version != absl::string_view("\x00", 1)) {
     return absl::InvalidArgumentError(
-        "CSR is not a DER-encoded PKCS#10 request (send the DER bytes, not PEM text)");
+        "CSR version is not v1 (encoded 0), the only PKCS#10 version (RFC 2986)");
   }
-  crypto::UniquePtr<EVP_PKEY> key(X509_REQ_get_pubkey(req.get()));
-  if (key == nullptr) {
-    crypto::ClearOpenSslErrors();
+  if (!IsWellFormedName(subject)) return Malformed(der_text, "bad subject name");
+
+  ParsedCsr parsed;
+  absl::StatusOr<EcKeyPtr> key = ReadPublicKey(der_text, spki, &parsed.algorithm);
+  if (!key.ok()) return key.status();
+  if (has_attributes) {
+    absl::Status s = ReadAttributes(der_text, attributes, &parsed.requested_uri_sans);
+    if (!s.ok()) return s;
+  }
+
+  // The signature: ECDSA with SHA-256 or SHA-384 (parameters absent, RFC 5758) over the exact
+  // CertificationRequestInfo bytes.
+  der::Reader sig_alg_fields(sig_alg);
+  absl::string_view sig_oid, signature;
+  if (!sig_alg_fields.Read(der::kObjectIdentifier, &sig_oid) || !der::IsValidOid(sig_oid) ||
+      !sig_alg_fields.empty() || (sig_oid != kOidEcdsaSha256 && sig_oid != kOidEcdsaSha384)) {
     return absl::InvalidArgumentError(
-        "CSR public key cannot be read (unsupported algorithm or curve); Trellis accepts only "
-        "ECDSA P-256 or P-384 keys");
+        "CSR signature algorithm is not ecdsa-with-SHA256 or ecdsa-with-SHA384 without "
+        "parameters; sign the request with its ECDSA key");
   }
-  const KeyAlgorithm algorithm = KeyAlgorithmOf(key.get());
-  if (algorithm != KeyAlgorithm::kEcdsaP256 && algorithm != KeyAlgorithm::kEcdsaP384) {
-    return absl::InvalidArgumentError(absl::StrCat("CSR key is ", KeyAlgorithmName(algorithm),
-                                                   "; Trellis accepts only ECDSA P-256 or "
-                                                   "P-384 keys"));
+  if (!der::BitStringBytes(sig_bits, &signature)) {
+    return Malformed(der_text, "signature BIT STRING has unused bits");
   }
-  if (HasExplicitCurveParameters(key.get())) {
-    // OpenSSL reads such a key as P-256, but the leaf would copy the explicit parameters and
-    // every peer (RFC 5480, strict verification) would refuse it.
-    return absl::InvalidArgumentError(
-        "CSR key uses explicit EC curve parameters; encode it with the named curve (P-256 or "
-        "P-384) as RFC 5480 requires");
+  uint8_t digest[SHA384_DIGEST_LENGTH];
+  size_t digest_len = 0;
+  const auto* signed_bytes = reinterpret_cast<const uint8_t*>(info_element.data());
+  if (sig_oid == kOidEcdsaSha256) {
+    SHA256(signed_bytes, info_element.size(), digest);
+    digest_len = SHA256_DIGEST_LENGTH;
+  } else {
+    SHA384(signed_bytes, info_element.size(), digest);
+    digest_len = SHA384_DIGEST_LENGTH;
   }
-  if (X509_REQ_verify(req.get(), key.get()) != 1) {
-    crypto::ClearOpenSslErrors();
+  // ECDSA_verify refuses a signature that is not the DER encoding of SEQUENCE { r, s } (both
+  // backends re-encode and compare).
+  const int verified = ECDSA_verify(0, digest, static_cast<int>(digest_len),
+                                    reinterpret_cast<const uint8_t*>(signature.data()),
+                                    static_cast<int>(signature.size()), key->get());
+  crypto::ClearOpenSslErrors();
+  if (verified != 1) {
     return absl::InvalidArgumentError(
         "CSR signature does not verify: the request was not signed by the key it contains");
   }
-  ParsedCsr parsed;
-  parsed.algorithm = algorithm;
-  crypto::X509ExtensionStack extensions(X509_REQ_get_extensions(req.get()));
-  if (extensions != nullptr) {
-    for (size_t i = 0; i < sk_X509_EXTENSION_num(extensions.get()); ++i) {
-      X509_EXTENSION* ext = sk_X509_EXTENSION_value(extensions.get(), i);
-      if (OBJ_obj2nid(X509_EXTENSION_get_object(ext)) != NID_subject_alt_name) continue;
-      crypto::UniquePtr<GENERAL_NAMES> names(static_cast<GENERAL_NAMES*>(X509V3_EXT_d2i(ext)));
-      if (names == nullptr) {
-        crypto::ClearOpenSslErrors();
-        return absl::InvalidArgumentError("CSR subjectAltName extension is malformed");
-      }
-      for (size_t j = 0; j < sk_GENERAL_NAME_num(names.get()); ++j) {
-        const GENERAL_NAME* name = sk_GENERAL_NAME_value(names.get(), j);
-        if (name->type != GEN_URI) continue;
-        const ASN1_IA5STRING* uri = name->d.uniformResourceIdentifier;
-        parsed.requested_uri_sans.emplace_back(
-            reinterpret_cast<const char*>(ASN1_STRING_get0_data(uri)),
-            static_cast<size_t>(ASN1_STRING_length(uri)));
-      }
-    }
+
+  parsed.public_key.reset(EVP_PKEY_new());
+  // An EVP_PKEY over the EC_KEY itself (not a provider key): the CA then encodes it into the leaf
+  // directly (see SetSubjectPublicKey in common/identity/ca.cc).
+  if (parsed.public_key == nullptr ||
+      EVP_PKEY_set1_EC_KEY(parsed.public_key.get(), key->get()) != 1) {
+    return crypto::OpenSslInternalError("cannot wrap the CSR public key");
   }
-  crypto::ClearOpenSslErrors();
-  parsed.public_key = std::move(key);
   return parsed;
 }
 

@@ -41,7 +41,9 @@ absl::string_view JwsAlgorithmName(JwkType type);
 struct Jwk {
   std::string kid;  // "" when the key has no kid
   JwkType type;
-  crypto::UniquePtr<EVP_PKEY> public_key;  // never null
+  // Never null. An EC key is always built over an EC_KEY (not a provider key): VerifyJwt reads
+  // it with EVP_PKEY_get0_EC_KEY and verifies with ECDSA directly.
+  crypto::UniquePtr<EVP_PKEY> public_key;
 };
 
 // An immutable set of verification keys. Thread-compatible (const methods may be called from many

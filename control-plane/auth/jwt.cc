@@ -1,8 +1,10 @@
 #include "control-plane/auth/jwt.h"
 
 #include <openssl/bn.h>
+#include <openssl/ec.h>
 #include <openssl/ecdsa.h>
 #include <openssl/evp.h>
+#include <openssl/sha.h>
 
 #include <memory>
 #include <optional>
@@ -47,30 +49,35 @@ absl::StatusOr<json> ParseJsonObject(const std::string& text, absl::string_view 
   return value;
 }
 
-// The r||s signature of ES256 as the DER ECDSA-Sig-Value that EVP_DigestVerify expects.
-absl::StatusOr<std::string> Es256SignatureToDer(const std::string& raw) {
+// The r||s signature of ES256 (RFC 7518 section 3.4) as an ECDSA_SIG; null if it cannot be
+// allocated.
+EcdsaSigPtr Es256Signature(const std::string& raw) {
   const auto* bytes = reinterpret_cast<const uint8_t*>(raw.data());
   crypto::UniquePtr<BIGNUM> r(BN_bin2bn(bytes, kEs256SignatureBytes / 2, nullptr));
   crypto::UniquePtr<BIGNUM> s(
       BN_bin2bn(bytes + kEs256SignatureBytes / 2, kEs256SignatureBytes / 2, nullptr));
   EcdsaSigPtr sig(ECDSA_SIG_new());
-  if (r == nullptr || s == nullptr || sig == nullptr) {
-    return crypto::OpenSslInternalError("allocating an ECDSA signature failed");
-  }
-  if (ECDSA_SIG_set0(sig.get(), r.get(), s.get()) != 1) {
-    return crypto::OpenSslInternalError("ECDSA_SIG_set0 failed");
+  if (r == nullptr || s == nullptr || sig == nullptr ||
+      ECDSA_SIG_set0(sig.get(), r.get(), s.get()) != 1) {
+    return nullptr;
   }
   r.release();  // now owned by sig
   s.release();
-  uint8_t* der = nullptr;
-  const int der_len = i2d_ECDSA_SIG(sig.get(), &der);
-  if (der_len <= 0) return crypto::OpenSslInternalError("i2d_ECDSA_SIG failed");
-  std::string result(reinterpret_cast<const char*>(der), static_cast<size_t>(der_len));
-  OPENSSL_free(der);
-  return result;
+  return sig;
 }
 
-// True if `signature` (already in the form OpenSSL expects) verifies `signed_data` with `key`.
+// True if the ES256 signature `sig` verifies `digest` (SHA-256 of the signed data) with `key`.
+// The EC_KEY is used directly: OpenSSL 3's EVP_DigestVerify path would export the key to a
+// provider, fetch the algorithms and build two contexts per token, as much again as the verify.
+bool VerifyEs256(EVP_PKEY* key, const uint8_t* digest, const ECDSA_SIG* sig) {
+  // JwksKeySet builds every EC key over an EC_KEY, so this is a plain read on both backends.
+  auto* ec = const_cast<EC_KEY*>(EVP_PKEY_get0_EC_KEY(key));
+  const bool ok = ec != nullptr && ECDSA_do_verify(digest, SHA256_DIGEST_LENGTH, sig, ec) == 1;
+  crypto::ClearOpenSslErrors();
+  return ok;
+}
+
+// True if the RS256 `signature` verifies `signed_data` with `key`.
 bool VerifySha256(EVP_PKEY* key, absl::string_view signed_data, const std::string& signature) {
   crypto::UniquePtr<EVP_MD_CTX> ctx(EVP_MD_CTX_new());
   bool ok = ctx != nullptr &&
@@ -138,14 +145,16 @@ absl::StatusOr<VerifiedJwt> VerifyJwt(absl::string_view token, const JwksKeySet&
   // The signature.
   absl::StatusOr<std::string> signature = DecodePart(parts[2], "signature");
   if (!signature.ok()) return signature.status();
+  EcdsaSigPtr es256_signature;
   if (type == JwkType::kEc) {
     if (signature->size() != kEs256SignatureBytes) {
       return absl::InvalidArgumentError(absl::StrCat(
           "token ES256 signature has ", signature->size(), " bytes, not 64 (r||s, RFC 7518 3.4)"));
     }
-    absl::StatusOr<std::string> der = Es256SignatureToDer(*signature);
-    if (!der.ok()) return der.status();
-    *signature = *std::move(der);
+    es256_signature = Es256Signature(*signature);
+    if (es256_signature == nullptr) {
+      return crypto::OpenSslInternalError("allocating an ECDSA signature failed");
+    }
   }
   // The payload must at least be base64url before any key is tried.
   absl::StatusOr<std::string> payload_text = DecodePart(parts[1], "payload");
@@ -164,8 +173,19 @@ absl::StatusOr<VerifiedJwt> VerifyJwt(absl::string_view token, const JwksKeySet&
                                                    " key to check a token without kid against"));
   }
   const absl::string_view signed_data = token.substr(0, parts[0].size() + 1 + parts[1].size());
+  uint8_t es256_digest[SHA256_DIGEST_LENGTH];
+  if (type == JwkType::kEc) {
+    SHA256(reinterpret_cast<const uint8_t*>(signed_data.data()), signed_data.size(), es256_digest);
+  }
   const Jwk* verified_by = nullptr;
   for (const Jwk* key : candidates) {
+    if (type == JwkType::kEc) {
+      if (VerifyEs256(key->public_key.get(), es256_digest, es256_signature.get())) {
+        verified_by = key;
+        break;
+      }
+      continue;
+    }
     if (type == JwkType::kRsa &&
         signature->size() != static_cast<size_t>(EVP_PKEY_size(key->public_key.get()))) {
       continue;  // an RS256 signature is exactly as long as the modulus

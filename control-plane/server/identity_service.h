@@ -1,13 +1,14 @@
 #pragma once
 
+#include <grpcpp/grpcpp.h>
+
 #include <functional>
 #include <memory>
 #include <set>
 #include <string>
 #include <vector>
 
-#include <grpcpp/grpcpp.h>
-
+#include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/identity/certificate.h"
@@ -38,9 +39,8 @@ struct IdentityServiceOptions {
 //
 // IssueCertificate runs on gRPC's synchronous thread pool. Watch uses the callback API, so an open
 // stream costs no thread: thousands of proxies can watch at once.
-class IdentityService final
-    : public trellis::identity::v1::Identity::WithCallbackMethod_Watch<
-          trellis::identity::v1::Identity::Service> {
+class IdentityService final : public trellis::identity::v1::Identity::WithCallbackMethod_Watch<
+                                  trellis::identity::v1::Identity::Service> {
  public:
   IdentityService(IdentityServiceOptions options, CaManager* ca, MeshState* mesh,
                   IssuanceAdmission* admission, ControlPlaneMetrics* metrics);
@@ -67,6 +67,7 @@ class IdentityService final
 
   std::vector<identity::Certificate> PeerChain(const grpc::ServerContext& context) const;
   std::vector<identity::Certificate> ParseIntermediates(grpc::string_ref pem) const;
+  absl::StatusOr<identity::Certificate> ParseLeaf(grpc::string_ref pem) const;
 
   const IdentityServiceOptions options_;
   CaManager* const ca_;
@@ -80,6 +81,13 @@ class IdentityService final
   mutable absl::Mutex intermediates_mu_;
   mutable std::string intermediates_pem_ ABSL_GUARDED_BY(intermediates_mu_);
   mutable std::vector<identity::Certificate> intermediates_ ABSL_GUARDED_BY(intermediates_mu_);
+
+  // Renewing clients' leaf certificates by their PEM text (see ParseLeaf). Bounded: emptied when
+  // it reaches kMaxCachedLeaves.
+  static constexpr size_t kMaxCachedLeaves = 4096;
+  mutable absl::Mutex leaves_mu_;
+  mutable absl::flat_hash_map<std::string, identity::Certificate> leaves_
+      ABSL_GUARDED_BY(leaves_mu_);
 
   absl::Mutex watches_mu_;
   std::set<WatchReactor*> watches_ ABSL_GUARDED_BY(watches_mu_);

@@ -2,6 +2,7 @@
 // keep bad requests (wrong encoding, forged signatures, weak or unsupported keys) out.
 #include "common/identity/csr.h"
 
+#include <openssl/ec.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -94,6 +95,108 @@ std::string RawCsr(const PrivateKey& key, const std::vector<std::pair<int, std::
   std::string out(reinterpret_cast<const char*>(der), static_cast<size_t>(len));
   OPENSSL_free(der);
   return out;
+}
+
+// --- Hand-built requests, for the cases no library encoder makes ---------------------------------
+
+// One DER element: tag, shortest-form length, contents.
+std::string Tlv(uint8_t tag, absl::string_view contents) {
+  std::string out(1, static_cast<char>(tag));
+  const size_t n = contents.size();
+  if (n < 0x80) {
+    out.push_back(static_cast<char>(n));
+  } else if (n < 0x100) {
+    out += {'\x81', static_cast<char>(n)};
+  } else {
+    out += {'\x82', static_cast<char>(n >> 8), static_cast<char>(n & 0xff)};
+  }
+  out.append(contents.data(), contents.size());
+  return out;
+}
+std::string Seq(const std::vector<std::string>& parts) {
+  std::string contents;
+  for (const std::string& part : parts) contents += part;
+  return Tlv(0x30, contents);
+}
+std::string Set(const std::vector<std::string>& parts) {
+  std::string contents;
+  for (const std::string& part : parts) contents += part;
+  return Tlv(0x31, contents);
+}
+std::string Oid(absl::string_view contents) { return Tlv(0x06, contents); }
+std::string Bits(absl::string_view bytes) {
+  return Tlv(0x03, std::string(1, '\0') + std::string(bytes));
+}
+
+const std::string kEcPublicKey("\x2a\x86\x48\xce\x3d\x02\x01", 7);
+const std::string kP256("\x2a\x86\x48\xce\x3d\x03\x01\x07", 8);
+const std::string kP521("\x2b\x81\x04\x00\x23", 5);
+const std::string kEcdsaSha256("\x2a\x86\x48\xce\x3d\x04\x03\x02", 8);
+const std::string kEcdsaSha384("\x2a\x86\x48\xce\x3d\x04\x03\x03", 8);
+const std::string kExtensionRequest("\x2a\x86\x48\x86\xf7\x0d\x01\x09\x0e", 9);
+const std::string kChallengePassword("\x2a\x86\x48\x86\xf7\x0d\x01\x09\x07", 9);
+const std::string kSubjectAltName("\x55\x1d\x11", 3);
+
+// The uncompressed point (04 || X || Y) of an EC key.
+std::string RawPoint(const PrivateKey& key) {
+  const EC_KEY* ec = EVP_PKEY_get0_EC_KEY(key.get());
+  uint8_t buf[133];
+  const size_t n = EC_POINT_point2oct(EC_KEY_get0_group(ec), EC_KEY_get0_public_key(ec),
+                                      POINT_CONVERSION_UNCOMPRESSED, buf, sizeof(buf), nullptr);
+  EXPECT_GT(n, 0u);
+  return std::string(reinterpret_cast<const char*>(buf), n);
+}
+
+std::string EcSpki(absl::string_view curve_oid, absl::string_view point) {
+  return Seq({Seq({Oid(kEcPublicKey), Oid(curve_oid)}), Bits(point)});
+}
+
+// A subjectAltName extension holding `general_names` (already encoded GeneralName elements).
+std::string SanExtension(const std::string& general_names) {
+  return Seq({Oid(kSubjectAltName), Tlv(0x04, Seq({general_names}))});
+}
+std::string UriName(absl::string_view uri) { return Tlv(0x86, uri); }
+
+std::string ExtensionRequest(const std::vector<std::string>& extensions) {
+  return Seq({Oid(kExtensionRequest), Set({Seq(extensions)})});
+}
+
+struct RequestParts {
+  std::string version = Tlv(0x02, std::string(1, '\0'));
+  std::string subject = Seq({});
+  std::string spki;  // required
+  // The [0] attributes element whole, or "" to leave it out.
+  std::string attributes = Tlv(0xa0, "");
+  std::string sig_alg = Seq({Oid(kEcdsaSha256)});
+  const EVP_MD* digest = EVP_sha256();
+  bool corrupt_signature = false;
+  std::string signature_unused_bits = std::string(1, '\0');
+  std::string after_signature;  // extra elements inside the request
+};
+
+// Assembles and signs (with `key`, over the exact info bytes) a request from `parts`.
+std::string BuildCsr(const PrivateKey& key, const RequestParts& parts) {
+  const std::string info = Seq({parts.version, parts.subject, parts.spki, parts.attributes});
+  crypto::UniquePtr<EVP_MD_CTX> ctx(EVP_MD_CTX_new());
+  size_t sig_len = 0;
+  EXPECT_EQ(EVP_DigestSignInit(ctx.get(), nullptr, parts.digest, nullptr, key.get()), 1);
+  EXPECT_EQ(EVP_DigestSign(ctx.get(), nullptr, &sig_len,
+                           reinterpret_cast<const uint8_t*>(info.data()), info.size()),
+            1);
+  std::string sig(sig_len, '\0');
+  EXPECT_EQ(EVP_DigestSign(ctx.get(), reinterpret_cast<uint8_t*>(sig.data()), &sig_len,
+                           reinterpret_cast<const uint8_t*>(info.data()), info.size()),
+            1);
+  sig.resize(sig_len);
+  if (parts.corrupt_signature) sig.back() ^= 0x01;
+  return Seq(
+      {info, parts.sig_alg, Tlv(0x03, parts.signature_unused_bits + sig), parts.after_signature});
+}
+
+RequestParts PartsFor(const PrivateKey& key) {
+  RequestParts parts;
+  parts.spki = EcSpki(kP256, RawPoint(key));
+  return parts;
 }
 
 TEST(CsrTest, RoundTripWithSpiffeId) {
@@ -253,6 +356,178 @@ TEST(CsrTest, RefusesExplicitCurveParameters) {
   const std::string der = ReadFixture(kExplicitP256CsrPath);
   ASSERT_GT(der.size(), 300u);
   ExpectRefused(der, "P-256");
+}
+
+// --- The strict parser's own refusals (hand-built requests) --------------------------------------
+
+TEST(CsrDerTest, HandBuiltRequestIsAccepted) {
+  // The builder itself makes acceptable requests, so each refusal below is due to its one change.
+  PrivateKey key = P256();
+  RequestParts parts = PartsFor(key);
+  parts.attributes = Tlv(0xa0, ExtensionRequest({SanExtension(UriName(kId))}));
+  absl::StatusOr<ParsedCsr> parsed = ParseCsrDer(BuildCsr(key, parts));
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->algorithm, KeyAlgorithm::kEcdsaP256);
+  EXPECT_EQ(EVP_PKEY_cmp(parsed->public_key.get(), key.get()), 1);
+  EXPECT_EQ(parsed->requested_uri_sans, std::vector<std::string>{kId});
+}
+
+TEST(CsrDerTest, AcceptsSha384SignatureAndMissingAttributes) {
+  PrivateKey key = P256();
+  RequestParts parts = PartsFor(key);
+  parts.sig_alg = Seq({Oid(kEcdsaSha384)});
+  parts.digest = EVP_sha384();
+  parts.attributes = "";
+  absl::StatusOr<ParsedCsr> parsed = ParseCsrDer(BuildCsr(key, parts));
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_TRUE(parsed->requested_uri_sans.empty());
+}
+
+TEST(CsrDerTest, RefusesSignatureWhoseDigestDoesNotMatchTheAlgorithm) {
+  // Signed over SHA-384 but labelled ecdsa-with-SHA256.
+  PrivateKey key = P256();
+  RequestParts parts = PartsFor(key);
+  parts.digest = EVP_sha384();
+  ExpectRefused(BuildCsr(key, parts), "signature does not verify");
+}
+
+TEST(CsrDerTest, IgnoresOtherAttributesAndExtensions) {
+  PrivateKey key = P256();
+  RequestParts parts = PartsFor(key);
+  const std::string password = Seq({Oid(kChallengePassword), Set({Tlv(0x0c, "secret")})});
+  // An unknown critical extension: the CA decides every extension of the leaf, so it is ignored.
+  const std::string unknown =
+      Seq({Oid("\x2b\x06\x01\x04\x01\x82\x37\x01"), Tlv(0x01, "\xff"), Tlv(0x04, "x")});
+  parts.attributes = Tlv(0xa0, password + ExtensionRequest({unknown, SanExtension(UriName(kId))}));
+  absl::StatusOr<ParsedCsr> parsed = ParseCsrDer(BuildCsr(key, parts));
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->requested_uri_sans, std::vector<std::string>{kId});
+}
+
+TEST(CsrDerTest, RefusesWrongVersion) {
+  PrivateKey key = P256();
+  RequestParts parts = PartsFor(key);
+  parts.version = Tlv(0x02, "\x01");
+  ExpectRefused(BuildCsr(key, parts), "CSR version is not v1");
+  parts.version = Tlv(0x02, std::string("\x00\x00", 2));  // not minimal, and not 0's encoding
+  ExpectRefused(BuildCsr(key, parts), "CSR version is not v1");
+}
+
+TEST(CsrDerTest, RefusesCompressedPoint) {
+  PrivateKey key = P256();
+  const std::string point = RawPoint(key);
+  std::string compressed = point.substr(0, 33);
+  compressed[0] = (point.back() & 1) ? '\x03' : '\x02';
+  RequestParts parts = PartsFor(key);
+  parts.spki = EcSpki(kP256, compressed);
+  ExpectRefused(BuildCsr(key, parts), "compressed points are not accepted");
+}
+
+TEST(CsrDerTest, RefusesPointNotOnTheCurve) {
+  PrivateKey key = P256();
+  std::string point = RawPoint(key);
+  point[10] ^= 0x10;
+  RequestParts parts = PartsFor(key);
+  parts.spki = EcSpki(kP256, point);
+  ExpectRefused(BuildCsr(key, parts), "CSR public key is not a point on ECDSA P-256");
+}
+
+TEST(CsrDerTest, RefusesP384PointLabelledP256) {
+  absl::StatusOr<PrivateKey> p384 = PrivateKey::GenerateEcdsaP384();
+  ASSERT_TRUE(p384.ok());
+  RequestParts parts;
+  parts.spki = EcSpki(kP256, RawPoint(*p384));
+  ExpectRefused(BuildCsr(*p384, parts), "not an uncompressed ECDSA P-256 point");
+}
+
+TEST(CsrDerTest, RefusesOtherCurvesAndKeyTypesByName) {
+  PrivateKey key = P256();
+  RequestParts parts = PartsFor(key);
+  parts.spki = EcSpki(kP521, std::string(133, '\x04'));
+  ExpectRefused(BuildCsr(key, parts), "CSR key is ECDSA on P-521; Trellis accepts only");
+  parts.spki = Seq({Seq({Oid("\x2b\x65\x70")}), Bits(std::string(32, 'k'))});
+  ExpectRefused(BuildCsr(key, parts), "CSR key is Ed25519; Trellis accepts only");
+  // An EC key whose parameters are neither a named curve nor explicit (e.g. NULL).
+  parts.spki = Seq({Seq({Oid(kEcPublicKey), Tlv(0x05, "")}), Bits(RawPoint(key))});
+  ExpectRefused(BuildCsr(key, parts), "CSR key has no named curve");
+}
+
+TEST(CsrDerTest, RefusesSignatureAlgorithmsOtherThanEcdsaWithoutParameters) {
+  PrivateKey key = P256();
+  RequestParts parts = PartsFor(key);
+  parts.sig_alg = Seq({Oid(kEcdsaSha256), Tlv(0x05, "")});  // NULL parameters
+  ExpectRefused(BuildCsr(key, parts), "signature algorithm is not ecdsa-with-SHA256");
+  parts.sig_alg = Seq({Oid("\x2a\x86\x48\x86\xf7\x0d\x01\x01\x0b")});  // sha256WithRSAEncryption
+  ExpectRefused(BuildCsr(key, parts), "signature algorithm is not ecdsa-with-SHA256");
+}
+
+TEST(CsrDerTest, RefusesMalformedSignatureEncodings) {
+  PrivateKey key = P256();
+  RequestParts parts = PartsFor(key);
+  parts.signature_unused_bits = "\x01";
+  ExpectRefused(BuildCsr(key, parts), "signature BIT STRING has unused bits");
+  parts = PartsFor(key);
+  parts.corrupt_signature = true;
+  ExpectRefused(BuildCsr(key, parts), "signature does not verify");
+}
+
+TEST(CsrDerTest, RefusesElementsAfterTheSignature) {
+  PrivateKey key = P256();
+  RequestParts parts = PartsFor(key);
+  parts.after_signature = Tlv(0x05, "");
+  ExpectRefused(BuildCsr(key, parts), "not a DER-encoded PKCS#10");
+}
+
+TEST(CsrDerTest, RefusesNonDerLengths) {
+  PrivateKey key = P256();
+  const std::string good = BuildCsr(key, PartsFor(key));
+  ASSERT_TRUE(ParseCsrDer(good).ok());
+  // The version INTEGER (02 01 00) with its length in the long form (02 81 01 00): BER, not DER.
+  RequestParts parts = PartsFor(key);
+  parts.version = std::string("\x02\x81\x01\x00", 4);
+  ExpectRefused(BuildCsr(key, parts), "not a DER-encoded PKCS#10");
+  // The outer SEQUENCE with an indefinite length (30 80 ... 00 00).
+  std::string indefinite = good;
+  const size_t header = static_cast<uint8_t>(good[1]) == 0x81 ? 3 : 2;
+  indefinite = std::string("\x30\x80", 2) + good.substr(header) + std::string(2, '\0');
+  ExpectRefused(indefinite, "not a DER-encoded PKCS#10");
+}
+
+TEST(CsrDerTest, RefusesMalformedOrDuplicateExtensions) {
+  PrivateKey key = P256();
+  RequestParts parts = PartsFor(key);
+  // SAN value that is not a SEQUENCE of GeneralNames.
+  parts.attributes =
+      Tlv(0xa0, ExtensionRequest({Seq({Oid(kSubjectAltName), Tlv(0x04, Tlv(0x86, kId))})}));
+  ExpectRefused(BuildCsr(key, parts), "CSR subjectAltName extension is malformed");
+  // A GeneralName with a tag outside the CHOICE.
+  parts.attributes = Tlv(0xa0, ExtensionRequest({SanExtension(Tlv(0x8a, "x"))}));
+  ExpectRefused(BuildCsr(key, parts), "CSR subjectAltName extension is malformed");
+  // A URI that is not IA5 (7-bit).
+  parts.attributes = Tlv(0xa0, ExtensionRequest({SanExtension(UriName("spiffe://\xc3\xa9"))}));
+  ExpectRefused(BuildCsr(key, parts), "CSR subjectAltName extension is malformed");
+  // The same extension twice: which one would count?
+  parts.attributes = Tlv(
+      0xa0, ExtensionRequest({SanExtension(UriName(kId)), SanExtension(UriName("spiffe://x/y"))}));
+  ExpectRefused(BuildCsr(key, parts), "lists the same extension twice");
+  parts.attributes =
+      Tlv(0xa0, ExtensionRequest({SanExtension(UriName(kId))}) + ExtensionRequest({}));
+  ExpectRefused(BuildCsr(key, parts), "more than one extensionRequest attribute");
+  // critical encoded as an explicit FALSE (DER leaves the default out).
+  parts.attributes =
+      Tlv(0xa0, ExtensionRequest({Seq({Oid(kSubjectAltName), Tlv(0x01, std::string(1, '\0')),
+                                       Tlv(0x04, Seq({UriName(kId)}))})}));
+  ExpectRefused(BuildCsr(key, parts), "malformed extension");
+}
+
+TEST(CsrDerTest, RefusesMalformedSubject) {
+  PrivateKey key = P256();
+  RequestParts parts = PartsFor(key);
+  parts.subject = Seq({Tlv(0x05, "")});  // not a SET of attribute values
+  ExpectRefused(BuildCsr(key, parts), "bad subject name");
+  // A well-formed subject is accepted (and ignored).
+  parts.subject = Seq({Set({Seq({Oid("\x55\x04\x03"), Tlv(0x0c, "seed")})})});
+  EXPECT_TRUE(ParseCsrDer(BuildCsr(key, parts)).ok());
 }
 
 }  // namespace
