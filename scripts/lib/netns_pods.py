@@ -479,8 +479,9 @@ class Capture:
         self.log_path = log_path
         self.offset = 24
         self.header = None
+        # -Z root: no switch to the tcpdump user, which would clear the parent-death signal.
         argv = ["tcpdump", "-i", interface, "-n", "-U", "--immediate-mode", "-s", str(snaplen),
-                "-w", pcap_path, bpf]
+                "-Z", "root", "-w", pcap_path, bpf]
         self.log = open(log_path, "wb")  # pylint: disable=consider-using-with
         # Its own session: a Ctrl-C on the terminal reaches the owner, which stops it in order.
         self.proc = subprocess.Popen(  # pylint: disable=consider-using-with,subprocess-popen-preexec-fn

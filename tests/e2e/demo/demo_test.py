@@ -18,6 +18,8 @@ that the demo falls back to loopback mode and says why.
 3. --keep: everything stays up and the printed commands work; then --stop removes it all.
 4. netns mode only: a proxy that cannot start (a binary that exits at once) fails the start-up
    with the proxy's log, and the namespaces are removed all the same.
+5. netns mode only: the demo SIGKILLed once live: its processes go by themselves, and the sweep
+   every run starts with (netns_pods.py sweep) removes the namespaces, links and host rule.
 
 Every wait is bounded; anything left over is removed at the end (and the test fails).
 """
@@ -338,6 +340,38 @@ def run_broken_proxy():
     check_no_leftovers(work, "broken proxy", run_id_of(out))
 
 
+def run_killed():
+    """SIGKILL in the middle (no cleanup can run): every process goes (it asked for SIGTERM when
+    its parent dies), and `netns_pods.py sweep` (which every new run does first) removes the
+    namespaces, links and host rule of a run whose owner is gone."""
+    work = os.path.join(TMP, "killed")
+    proc = subprocess.Popen(demo_argv(work, "--duration", "60"), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, start = [], time.monotonic()
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("==> Live for") or time.monotonic() - start > 90:
+            break
+    proc.kill()
+    proc.communicate(timeout=30)
+    out = "".join(lines)
+    run_id = run_id_of(out)
+    print(f"--- killed run (SIGKILL once live): output:\n{out}", flush=True)
+    check(run_id and network_leftovers(run_id), "killed run: nothing of the run to sweep (did it start?)")
+    left = leftovers(work)
+    deadline = time.monotonic() + 10
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = leftovers(work)
+    check(not left,
+          f"killed run: processes still running 10 s after the demo was SIGKILLed: {left}")
+    sweep = subprocess.run([sys.executable, os.path.join(os.path.dirname(DEMO), "netns_pods.py"), "sweep"],
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False)
+    print(f"--- netns_pods.py sweep: exit {sweep.returncode}: {sweep.stdout}{sweep.stderr}", flush=True)
+    check(sweep.returncode == 0 and run_id and run_id in sweep.stdout, f"sweep did not remove run {run_id}")
+    check_no_leftovers(work, "killed run, after the sweep", run_id)
+
+
 def main():
     if not os.path.isfile(DEMO) or not os.path.isfile(os.path.join(os.path.dirname(DEMO), "demo_app.py")):
         print(f"FAIL: the demo's orchestrator is not at {DEMO} (with demo_app.py next to it)", flush=True)
@@ -346,7 +380,7 @@ def main():
           f"{'' if ROOT else ' (not root)'}", flush=True)
     tests = [("short run", run_short), ("ctrl-c", run_ctrl_c), ("keep/stop", run_keep)]
     if NETNS:
-        tests.append(("broken proxy", run_broken_proxy))
+        tests += [("broken proxy", run_broken_proxy), ("killed", run_killed)]
     for name, test in tests:
         print(f"=== {name}", flush=True)
         try:
