@@ -16,6 +16,9 @@
 #         "trellis-control-plane": RBAC lets it create tokenreviews and nothing else),
 #         KUBECONFIG (DIR/kubeconfig, the admin), TRELLIS_KUBE_ETCD_PID,
 #         TRELLIS_KUBE_APISERVER_PID.
+#       With --enable-aggregator-routing the API server reaches a Service-registered admission
+#       webhook (and aggregated APIs) through the Service's Endpoints, not its ClusterIP (not
+#       routable here; there is no kube-proxy): a test creates the Endpoints itself.
 #       Service-account tokens are signed with DIR/pki/sa.key, issuer
 #       https://kubernetes.default.svc.cluster.local, API audiences that issuer and "trellis".
 #       Callers should `trap trellis_stop_kube_apiserver EXIT` first (it is idempotent).
@@ -115,6 +118,7 @@ EOF
       --service-cluster-ip-range=10.96.0.0/16 \
       --endpoint-reconciler-type=none \
       --enable-priority-and-fairness=false \
+      --enable-aggregator-routing=true \
       >"$dir/kube-apiserver.log" 2>&1 &
     export TRELLIS_KUBE_APISERVER_PID=$!
     export TRELLIS_KUBE_URL="https://127.0.0.1:$secure_port"

@@ -1,0 +1,426 @@
+#!/usr/bin/env bash
+# The REAL k8s/ manifests and the REAL trellis-control-plane against a REAL kube-apiserver (1.20.2,
+# scripts/lib/kube.sh) and etcd:
+#   1. the k8s/ base is applied through a kustomize overlay (caBundle = roots.crt, the real
+#      trellis-mesh ConfigMap) and every object of it exists server-side (the server's schema
+#      rejects a wrong field);
+#   2. trellis-control-plane runs on this host with the container args of the Deployment as the
+#      API server stored it (only paths and listen addresses substituted), with the CA files read
+#      back from the trellis-ca Secret and, as its credentials, a TokenRequest token of the
+#      trellis-control-plane service account: its permissions are exactly k8s/rbac.yaml's;
+#   3. Endpoints for the trellis-control-plane Service point at this host's non-loopback IP (no
+#      kubelet or endpoint controller runs), so the API server (--enable-aggregator-routing)
+#      calls the webhook through the Service, verifying the serving certificate for
+#      trellis-control-plane.trellis-system.svc against caBundle;
+#   4. pods: injected in a labelled namespace, not in an unlabelled one, not when opted out, and
+#      refused with the webhook's reason on a malformed annotation; with the control plane
+#      stopped, a pod in the labelled namespace is refused (failurePolicy Fail);
+#   5. a trellis-proxy with the injected container's flags (the synced roots.crt, a TokenRequest
+#      token with audience trellis) gets its certificate: the control plane authenticated it
+#      through TokenReview; a token for another audience is refused;
+#   6. the mesh ConfigMap: created in a labelled namespace (and a newly labelled one) within a
+#      bounded wait, never in others, never over a ConfigMap it does not manage, and updated with
+#      the new root after `trellisctl ca rotate prepare` reaches the Secret's files.
+# Pods stay Pending (no scheduler, no kubelet); classic sidecars: 1.20 predates native sidecars,
+# so the pods ask for trellis.io/sidecar-mode: classic.
+#
+# Args: trellis-control-plane trellisctl trellis-proxy. Needs TRELLIS_KUBE_BIN like the other
+# tests here; it never skips. Root is needed only if this host has no non-loopback IPv4 address
+# (a dummy interface is added then, and removed on exit).
+set -euo pipefail
+
+work=
+fail() {
+  printf 'FAIL: %s\n' "$*" >&2
+  if [[ -n "$work" && -f "$work/cp.log" ]]; then
+    echo "--- last lines of the control plane's log:" >&2
+    tail -n 25 "$work/cp.log" >&2
+  fi
+  exit 1
+}
+bin=${TRELLIS_KUBE_BIN:-}
+how="run scripts/test (stage e), or: source scripts/lib/kube.sh && bazel test --test_env=TRELLIS_KUBE_BIN=\$(trellis_kube_binaries) //tests/e2e/kube/manifests:manifests_e2e_test"
+[[ -n "$bin" ]] || fail "TRELLIS_KUBE_BIN is not set, so there is no kube-apiserver to test against: $how"
+[[ -x "$bin/kube-apiserver" ]] || fail "no executable kube-apiserver in TRELLIS_KUBE_BIN=$bin: $how"
+for tool in etcd kubectl openssl base64 curl ip python3; do
+  command -v "$tool" >/dev/null || fail "$tool is not on PATH ($PATH): $how"
+done
+cp_bin=$PWD/${1:?usage: manifests_e2e_test.sh CONTROL_PLANE TRELLISCTL PROXY}
+trellisctl=$PWD/${2:?}
+proxy_bin=$PWD/${3:?}
+for b in "$cp_bin" "$trellisctl" "$proxy_bin"; do [[ -x "$b" ]] || fail "missing $b"; done
+
+# shellcheck source=tests/e2e/kube/kube_harness.sh
+source tests/e2e/kube/kube_harness.sh
+
+work=$(mktemp -d "${TEST_TMPDIR:-/tmp}/manifests-e2e.XXXXXX")
+cp_pid=
+proxy_pid=
+dummy_if=
+stop_pid() { # stop_pid PID: TERM, up to 10 s, then KILL
+  [[ -n "$1" ]] || return 0
+  kill "$1" 2>/dev/null || return 0
+  for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+cleanup() {
+  stop_pid "$proxy_pid"
+  stop_pid "$cp_pid"
+  trellis_stop_kube_apiserver
+  [[ -z "$dummy_if" ]] || ip link del "$dummy_if" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+# The whole test is bounded by Bazel's timeout; every wait below by its own.
+
+passed=0
+check() {
+  passed=$((passed + 1))
+  printf 'ok %d - %s\n' "$passed" "$1"
+}
+# wait_for SECONDS CMD...: CMD every 0.25 s until it succeeds; false when time runs out.
+wait_for() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.25
+  done
+}
+
+# --- this host's non-loopback IPv4 address (Endpoints may not be loopback or link-local) --------
+host_ip=$(ip -4 route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p' | head -n1)
+if [[ -z "$host_ip" || "$host_ip" == 127.* || "$host_ip" == 169.254.* ]]; then
+  [[ $(id -u) -eq 0 ]] || fail "no non-loopback IPv4 address and not root (a dummy interface needs root)"
+  dummy_if="trl$$"
+  dummy_if=${dummy_if:0:15}
+  for _ in $(seq 20); do
+    host_ip="10.254.$((RANDOM % 250 + 1)).$((RANDOM % 250 + 1))"
+    ip -4 -o addr | grep -q " $host_ip/" || break
+  done
+  ip link add "$dummy_if" type dummy || fail "cannot add dummy interface $dummy_if"
+  ip addr add "$host_ip/32" dev "$dummy_if" && ip link set "$dummy_if" up || fail "cannot configure $dummy_if"
+fi
+check "this host's address for the Endpoints: $host_ip${dummy_if:+ (dummy interface $dummy_if)}"
+
+trellis_start_kube_apiserver "$work/kube" "$bin" || fail "could not start etcd + kube-apiserver"
+export HOME=$work # kubectl's cache
+k() { timeout 30 kubectl --request-timeout=20s "$@"; }
+
+# --- 1. the CA, the overlay, kubectl apply -k ---------------------------------------------------
+ca=$work/trellis-ca
+kube_flag=()
+if "$trellisctl" ca init --help 2>&1 | grep -q -- '--kubernetes'; then kube_flag=(--kubernetes); fi
+"$trellisctl" ca init --dir "$ca" --trust-domain cluster.local "${kube_flag[@]}" >"$work/ca-init.out" 2>&1 \
+  || fail "trellisctl ca init failed: $(cat "$work/ca-init.out")"
+
+overlay=$work/overlay
+mkdir -p "$overlay"
+# kustomize does not follow Bazel's runfiles symlinks: a real copy of the base.
+cp -rL k8s "$overlay/base"
+cp "$ca/roots.crt" "$overlay/roots.crt"
+cat >"$overlay/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [base]
+configMapGenerator:
+  - name: trellis-mesh
+    namespace: trellis-system
+    behavior: replace
+    files: [roots.crt]
+    literals:
+      - trust-domain=cluster.local
+      - control-plane-address=trellis-control-plane.trellis-system.svc:15012
+    options: {disableNameSuffixHash: true}
+patches:
+  - target: {kind: MutatingWebhookConfiguration, name: trellis-sidecar-injector}
+    patch: |-
+      - op: replace
+        path: /webhooks/0/clientConfig/caBundle
+        value: $(base64 -w0 "$ca/roots.crt")
+EOF
+kubectl kustomize "$overlay" >"$work/rendered.yaml" 2>"$work/kustomize.err" \
+  || fail "kubectl kustomize of the overlay failed: $(cat "$work/kustomize.err")"
+# The one change for this API server: 1.20 serves PodDisruptionBudget as policy/v1beta1 only
+# (policy/v1 is 1.21+, and the base targets current clusters). Everything else as rendered.
+sed 's#^apiVersion: policy/v1$#apiVersion: policy/v1beta1#' "$work/rendered.yaml" >"$work/apply.yaml"
+objects=$(grep -c '^kind: ' "$work/apply.yaml")
+((objects >= 9)) || fail "the overlay renders only $objects objects"
+k apply --validate=strict -f "$work/apply.yaml" >"$work/apply.out" 2>&1 \
+  || fail "kubectl apply of the k8s/ base failed: $(cat "$work/apply.out")"
+k get -f "$work/apply.yaml" -o name >"$work/got.out" 2>&1 || fail "objects of the base missing server-side: $(cat "$work/got.out")"
+[[ $(wc -l <"$work/got.out") -eq $objects ]] || fail "expected $objects objects server-side, got: $(cat "$work/got.out")"
+check "kubectl apply of k8s/ (overlay: caBundle, trellis-mesh): all $objects objects exist server-side ($(tr '\n' ' ' <"$work/got.out"))"
+
+# The server's schema is really checked: an unknown field in the same Deployment is refused.
+sed 's/^\(\s*\)readOnlyRootFilesystem: true$/\1readOnlyRootFilesystm: true/' "$work/apply.yaml" >"$work/typo.yaml"
+! cmp -s "$work/apply.yaml" "$work/typo.yaml" || fail "could not plant a typo"
+if k apply --validate=strict --dry-run=server -f "$work/typo.yaml" >"$work/typo.out" 2>&1; then
+  fail "a Deployment with an unknown field was accepted"
+fi
+grep -q 'readOnlyRootFilesystm' "$work/typo.out" || fail "the refusal does not name the field: $(cat "$work/typo.out")"
+check "an unknown field is refused by validation against the server's schema"
+
+# The CA Secret: from `trellisctl ca init --kubernetes` once it exists, else by kubectl.
+if ((${#kube_flag[@]})); then
+  [[ -f "$ca/kubernetes/trellis-ca-secret.yaml" ]] || fail "ca init --kubernetes wrote no kubernetes/trellis-ca-secret.yaml"
+  k apply -f "$ca/kubernetes/trellis-ca-secret.yaml" >/dev/null || fail "cannot apply the CA Secret"
+  how_secret="trellisctl ca init --kubernetes"
+else
+  k -n trellis-system create secret generic trellis-ca --from-file="$ca/ca.crt" \
+    --from-file="$ca/ca.key" --from-file="$ca/roots.crt" >/dev/null || fail "cannot create the CA Secret"
+  how_secret="kubectl create secret (trellisctl ca init has no --kubernetes yet)"
+fi
+check "CA Secret trellis-system/trellis-ca created ($how_secret)"
+
+# --- 2. RBAC of the control plane's service account: k8s/rbac.yaml, least privilege -------------
+sa_user=system:serviceaccount:trellis-system:trellis-control-plane
+can() { [[ "$(k auth can-i "$@" --as="$sa_user" 2>/dev/null || true)" == yes ]]; }
+can create tokenreviews.authentication.k8s.io || fail "the control plane cannot create tokenreviews"
+can list namespaces || fail "the control plane cannot list namespaces"
+can create configmaps -n some-namespace || fail "the control plane cannot create configmaps"
+can update configmaps/trellis-mesh -n some-namespace || fail "the control plane cannot update trellis-mesh"
+! can list secrets --all-namespaces || fail "the control plane can list secrets"
+! can get secrets/trellis-ca -n trellis-system || fail "the control plane can read the CA Secret through the API"
+! can get configmaps/other -n some-namespace || fail "the control plane can read other ConfigMaps"
+! can update configmaps/other -n some-namespace || fail "the control plane can update other ConfigMaps"
+! can delete configmaps/trellis-mesh -n some-namespace || fail "the control plane can delete ConfigMaps"
+! can create pods -n some-namespace || fail "the control plane can create pods"
+check "the service account's RBAC (k8s/rbac.yaml): tokenreviews, namespaces list, trellis-mesh only; no secrets, no deletes"
+
+# --- 3. the control plane, with the Deployment's own args ---------------------------------------
+deploy() { k -n trellis-system get deployment trellis-control-plane -o go-template="$1"; }
+mapfile -t args < <(deploy '{{range (index .spec.template.spec.containers 0).args}}{{.}}{{"\n"}}{{end}}')
+((${#args[@]} > 5)) || fail "no args in the stored Deployment: ${args[*]}"
+ca_mount=$(deploy '{{range (index .spec.template.spec.containers 0).volumeMounts}}{{if eq .name "ca"}}{{.mountPath}}{{end}}{{end}}')
+ca_secret=$(deploy '{{range .spec.template.spec.volumes}}{{if eq .name "ca"}}{{.secret.secretName}}{{end}}{{end}}')
+[[ "$ca_secret" == trellis-ca ]] || fail "the Deployment mounts Secret \"$ca_secret\", not trellis-ca"
+
+# The Secret's files as the kubelet would mount them (defaultMode 0400).
+mkdir -m 700 "$work/ca-mount" "$work/state" "$work/sa"
+materialize_secret() {
+  local key
+  for key in ca.crt ca.key roots.crt; do
+    k -n trellis-system get secret trellis-ca -o go-template="{{index .data \"$key\"}}" | base64 -d >"$work/ca-mount/.$key" \
+      || fail "the Secret has no $key"
+    chmod 0400 "$work/ca-mount/.$key"
+    mv -f "$work/ca-mount/.$key" "$work/ca-mount/$key"
+  done
+}
+materialize_secret
+# The control plane's credentials: a TokenRequest token of its service account.
+(umask 077 && k -n trellis-system create token trellis-control-plane --duration 1h >"$work/sa/token") \
+  || fail "TokenRequest for trellis-control-plane failed"
+
+cp_args=()
+seen=" "
+for a in "${args[@]}"; do
+  name=${a%%=*}
+  seen+="$name "
+  case "$a" in
+    --ca_dir=*)
+      [[ "${a#*=}" == "$ca_mount" ]] || fail "--ca_dir=${a#*=} is not where the Deployment mounts the CA Secret ($ca_mount)"
+      cp_args+=("--ca_dir=$work/ca-mount") ;;
+    --state_dir=*) cp_args+=("--state_dir=$work/state") ;;
+    --grpc_address=*) cp_args+=("--grpc_address=$host_ip:0") ;;
+    --webhook_address=*) cp_args+=("--webhook_address=$host_ip:0") ;;
+    --admin_address=*) cp_args+=("--admin_address=127.0.0.1:0") ;;
+    *=/* | *0.0.0.0* | *127.0.0.1*) fail "the Deployment has an arg with a path or address this test does not know how to substitute: $a" ;;
+    *) cp_args+=("$a") ;;
+  esac
+done
+for want in --tokenreview --webhook_address --mesh_configmap_sync --inject_proxy_image; do
+  [[ "$seen" == *" $want "* ]] || fail "the Deployment's args lack $want: ${args[*]}"
+done
+proxy_image=$(printf '%s\n' "${args[@]}" | sed -n 's/^--inject_proxy_image=//p')
+# In a pod the in-cluster configuration points at the API server; here the same, by flags.
+cp_args+=("--kube_api_server=$TRELLIS_KUBE_URL" "--kube_ca_file=$TRELLIS_KUBE_CA" "--kube_token_file=$work/sa/token")
+
+start_cp() {
+  : >"$work/cp.log"
+  "$cp_bin" "${cp_args[@]}" >>"$work/cp.log" 2>&1 &
+  cp_pid=$!
+  wait_for 20 grep -q '"msg":"listening"' "$work/cp.log" || fail "the control plane did not start"
+  grpc_port=$(grep -o '"grpc_port":[0-9]*' "$work/cp.log" | tail -n1 | cut -d: -f2)
+  admin_port=$(grep -o '"admin_port":[0-9]*' "$work/cp.log" | tail -n1 | cut -d: -f2)
+  webhook_port=$(grep -o '"webhook_port":[0-9]*' "$work/cp.log" | tail -n1 | cut -d: -f2)
+  [[ -n "$grpc_port" && -n "$admin_port" && -n "$webhook_port" ]] || fail "no ports in the log"
+}
+start_cp
+metrics() { curl -fsS --max-time 5 "http://127.0.0.1:$admin_port/metrics"; }
+check "trellis-control-plane runs with the Deployment's args: ${cp_args[*]//$work/\$WORK}"
+! grep -qF "$(cat "$work/sa/token")" "$work/cp.log" || fail "the control plane logged its own token"
+
+# --- 4. Endpoints: the Service -> this host -----------------------------------------------------
+webhook_svc_port=$(k get mutatingwebhookconfiguration trellis-sidecar-injector -o jsonpath='{.webhooks[0].clientConfig.service.port}')
+webhook_port_name=$(k -n trellis-system get service trellis-control-plane -o jsonpath="{.spec.ports[?(@.port==$webhook_svc_port)].name}")
+[[ -n "$webhook_port_name" ]] || fail "the Service has no port $webhook_svc_port for the webhook"
+write_endpoints() { # write_endpoints WEBHOOK_PORT GRPC_PORT
+  cat <<EOF | k apply -f - >/dev/null
+apiVersion: v1
+kind: Endpoints
+metadata: {name: trellis-control-plane, namespace: trellis-system}
+subsets:
+  - addresses: [{ip: "$host_ip"}]
+    ports:
+      - {name: $webhook_port_name, port: $1, protocol: TCP}
+      - {name: grpc, port: $2, protocol: TCP}
+EOF
+}
+write_endpoints "$webhook_port" "$grpc_port" || fail "cannot create the Endpoints"
+check "Endpoints trellis-system/trellis-control-plane -> $host_ip ($webhook_port_name: $webhook_port, grpc: $grpc_port)"
+
+# --- 5. the mesh ConfigMap in injected namespaces -----------------------------------------------
+k create namespace meshed >/dev/null
+k label namespace meshed trellis.io/inject=enabled >/dev/null
+k create namespace plain >/dev/null
+for ns in meshed plain; do k -n "$ns" create serviceaccount web >/dev/null; done
+cm_roots() { k -n "$1" get configmap trellis-mesh -o go-template='{{index .data "roots.crt"}}' 2>/dev/null; }
+roots_equal() { [[ "$(cm_roots "$1")" == "$(cat "$2")" ]]; }
+wait_for 30 roots_equal meshed "$ca/roots.crt" || fail "no trellis-mesh with roots.crt in namespace meshed within 30 s"
+[[ "$(k -n meshed get configmap trellis-mesh -o jsonpath='{.metadata.labels.app\.kubernetes\.io/managed-by}')" == trellis-control-plane ]] \
+  || fail "the synced ConfigMap lacks the managed-by label"
+[[ "$(k -n meshed get configmap trellis-mesh -o jsonpath='{.data.trust-domain}')" == cluster.local ]] || fail "trust-domain"
+[[ "$(k -n meshed get configmap trellis-mesh -o jsonpath='{.data.control-plane-address}')" == trellis-control-plane.trellis-system.svc:15012 ]] \
+  || fail "control-plane-address"
+check "the control plane created trellis-mesh in the labelled namespace (roots.crt = the CA's roots.crt)"
+! k -n plain get configmap trellis-mesh >/dev/null 2>&1 || fail "trellis-mesh created in an unlabelled namespace"
+check "no trellis-mesh in the unlabelled namespace"
+
+# A namespace labelled later gets it too; a hand-made ConfigMap of that name is left alone.
+k create namespace late >/dev/null
+k create namespace handmade >/dev/null
+k -n handmade create configmap trellis-mesh --from-literal=roots.crt=hand-copied >/dev/null
+k label namespace late trellis.io/inject=enabled >/dev/null
+k label namespace handmade trellis.io/inject=enabled >/dev/null
+wait_for 30 roots_equal late "$ca/roots.crt" || fail "no trellis-mesh in the newly labelled namespace within 30 s"
+check "a newly labelled namespace gets trellis-mesh within the bounded wait"
+wait_for 30 grep -q '"msg":"mesh ConfigMap sync: a ConfigMap of that name exists but is not managed.*"namespace":"handmade"' "$work/cp.log" \
+  || fail "no warning about the unmanaged ConfigMap"
+[[ "$(cm_roots handmade)" == hand-copied ]] || fail "the control plane overwrote a ConfigMap it does not manage"
+metrics | grep -q '^trellis_mesh_configmap_unmanaged_namespaces 1$' || fail "unmanaged gauge: $(metrics | grep unmanaged)"
+check "a ConfigMap not managed by the control plane is left alone, with a warning and a metric"
+
+# --- 6. pods through the real webhook over TLS --------------------------------------------------
+pod() { # pod NAME NAMESPACE [ANNOTATIONS, flow-mapping body]
+  printf '%s\n' \
+    "apiVersion: v1" "kind: Pod" "metadata:" "  name: $1" "  namespace: $2" \
+    "  annotations: {\"trellis.io/sidecar-mode\": classic${3:+, $3}}" \
+    "spec:" "  serviceAccountName: web" "  automountServiceAccountToken: false" "  containers:" \
+    "    - name: app" "      image: example.invalid/app:1" \
+    "      ports: [{name: http, containerPort: 8080}]" \
+    "      readinessProbe:" "        httpGet: {path: /ready, port: http}"
+}
+# The API server's Service/Endpoints informers may lag the objects by a moment: retry briefly.
+created=0
+for _ in $(seq 10); do
+  if pod web-0 meshed | k apply -f - >"$work/apply-pod.out" 2>&1; then created=1; break; fi
+  sleep 1
+done
+((created)) || fail "pod in the labelled namespace not created: $(cat "$work/apply-pod.out")"
+jp() { k -n "$1" get pod "$2" -o jsonpath="$3"; }
+[[ "$(jp meshed web-0 '{.spec.containers[*].name}')" == "trellis-proxy app" ]] || fail "containers: $(jp meshed web-0 '{.spec.containers[*].name}')"
+[[ "$(jp meshed web-0 '{.spec.initContainers[*].name}')" == trellis-init ]] || fail "init containers: $(jp meshed web-0 '{.spec.initContainers[*].name}')"
+[[ "$(jp meshed web-0 '{.metadata.annotations.trellis\.io/injected}')" == classic ]] || fail "no injected marker"
+[[ "$(jp meshed web-0 '{.spec.containers[0].image}')" == "$proxy_image" ]] || fail "proxy image is not the Deployment's --inject_proxy_image"
+[[ "$(jp meshed web-0 '{.spec.volumes[?(@.name=="trellis-mesh")].configMap.name}')" == trellis-mesh ]] || fail "no trellis-mesh volume"
+[[ "$(jp meshed web-0 '{.spec.volumes[?(@.name=="trellis-token")].projected.sources[0].serviceAccountToken.audience}')" == trellis ]] \
+  || fail "no projected token volume with audience trellis"
+check "the stored pod in the labelled namespace is injected by the control plane (trellis-init, trellis-proxy $proxy_image, mesh volume, token audience trellis)"
+# The API server's calls came to this process: its connection to the webhook port is there.
+ss -Htn state established "( sport = :$webhook_port )" | grep -q . \
+  || fail "no connection to the control plane's webhook port $webhook_port"
+check "the API server is connected to the control plane's webhook port ($host_ip:$webhook_port)"
+
+pod web-0 plain | k apply -f - >/dev/null || fail "pod in the unlabelled namespace not created"
+[[ "$(jp plain web-0 '{.spec.containers[*].name}')" == app && -z "$(jp plain web-0 '{.spec.initContainers}')" ]] \
+  || fail "the pod in the unlabelled namespace was changed"
+check "a pod in an unlabelled namespace is not injected"
+pod opted-out meshed '"trellis.io/inject": "false"' | k apply -f - >/dev/null || fail "opted-out pod not created"
+[[ "$(jp meshed opted-out '{.spec.containers[*].name}')" == app ]] || fail "the opted-out pod was injected"
+check "trellis.io/inject: \"false\" opts a pod out"
+if pod bad meshed '"trellis.io/exclude-inbound-ports": "http"' | k apply -f - >"$work/bad.out" 2>&1; then
+  fail "a pod with a malformed exclude annotation was created"
+fi
+grep -q 'admission webhook "inject.trellis.io" denied the request' "$work/bad.out" \
+  && grep -q 'trellis.io/exclude-inbound-ports' "$work/bad.out" || fail "refusal does not say why: $(cat "$work/bad.out")"
+check "a malformed trellis.io/exclude-inbound-ports is refused with the webhook's reason: $(tr '\n' ' ' <"$work/bad.out")"
+
+# --- 7. TokenReview: a proxy with the injected flags gets its certificate -----------------------
+mapfile -t injected_args < <(jp meshed web-0 '{range .spec.containers[0].args[*]}{@}{"\n"}{end}')
+cm_roots meshed >"$work/mesh-roots.crt"
+mint() { # mint AUDIENCE FILE
+  (umask 077 && k -n meshed create token web --audience "$1" --duration 10m >"$2") || fail "TokenRequest (audience $1) failed"
+}
+mint trellis "$work/web.jwt"
+mint api "$work/api.jwt"
+run_proxy() { # run_proxy TOKEN_FILE LOG: the injected args, paths and addresses substituted
+  local a out=()
+  for a in "${injected_args[@]}"; do
+    case "$a" in
+      --control_plane_address=*) out+=("--control_plane_address=$host_ip:$grpc_port") ;;
+      --root_file=*) out+=("--root_file=$work/mesh-roots.crt") ;; # the ConfigMap's roots.crt
+      --token_file=*) out+=("--token_file=$1") ;;
+      --admin_address=*) out+=("--admin_address=127.0.0.1:0") ;;
+      # No iptables here: the capture listeners on free loopback ports.
+      --outbound_capture_port=* | --inbound_capture_port=*) out+=("${a%%=*}=$(_trellis_kube_free_port)") ;;
+      *) out+=("$a") ;;
+    esac
+  done
+  out+=(--capture_bind_host=127.0.0.1)
+  "$proxy_bin" "${out[@]}" >"$2" 2>&1 &
+  proxy_pid=$!
+}
+run_proxy "$work/web.jwt" "$work/proxy.log"
+wait_for 20 grep -q '"admin_port"' "$work/proxy.log" || fail "the proxy did not start: $(tail -n 5 "$work/proxy.log")"
+proxy_admin=$(grep -o '"admin_port":[0-9]*' "$work/proxy.log" | head -n1 | cut -d: -f2)
+certs() { curl -fsS --max-time 5 "http://127.0.0.1:$proxy_admin/certs"; }
+wait_for 30 eval 'certs | grep -q "spiffe://cluster.local/ns/meshed/sa/web"' \
+  || fail "the proxy got no certificate for spiffe://cluster.local/ns/meshed/sa/web: $(certs || true); proxy: $(tail -n 5 "$work/proxy.log")"
+metrics | grep -Eq '^trellis_cp_issuances_total\{result="ok",authenticator="tokenreview"\} [1-9]' \
+  || fail "no successful tokenreview issuance counted: $(metrics | grep issuances_total)"
+check "a TokenRequest token (audience trellis) of meshed/web is authenticated by the control plane through TokenReview: the proxy holds spiffe://cluster.local/ns/meshed/sa/web"
+stop_pid "$proxy_pid"
+proxy_pid=
+run_proxy "$work/api.jwt" "$work/proxy-api.log"
+refused_by_tokenreview() {
+  grep '"msg":"issuance refused"' "$work/cp.log" | grep '"authenticator":"tokenreview"' | grep -q '"result":"unauthenticated"'
+}
+wait_for 30 refused_by_tokenreview \
+  || fail "a token for audience \"api\" was not refused by TokenReview"
+stop_pid "$proxy_pid"
+proxy_pid=
+for f in "$work/cp.log" "$work/proxy.log" "$work/proxy-api.log"; do
+  for t in "$work/web.jwt" "$work/api.jwt" "$work/sa/token"; do
+    ! grep -qF "$(cat "$t")" "$f" || fail "$f contains a token"
+  done
+done
+check "a token minted for audience \"api\" is refused (TokenReview); no log holds a token"
+
+# --- 8. root rotation reaches every injected namespace -----------------------------------------
+"$trellisctl" ca rotate prepare --dir "$ca" >"$work/rotate.out" 2>&1 || fail "ca rotate prepare failed: $(cat "$work/rotate.out")"
+[[ $(grep -c 'BEGIN CERTIFICATE' "$ca/roots.crt") -eq 2 ]] || fail "rotate prepare did not add a second root"
+k -n trellis-system create secret generic trellis-ca --from-file="$ca/ca.crt" --from-file="$ca/ca.key" \
+  --from-file="$ca/roots.crt" --dry-run=client -o yaml | k replace -f - >/dev/null || fail "cannot update the Secret"
+materialize_secret # what the kubelet does for a mounted Secret
+for ns in meshed late; do
+  wait_for 30 roots_equal "$ns" "$ca/roots.crt" || fail "trellis-mesh in $ns still lacks the new root 30 s after the rotation"
+done
+[[ "$(cm_roots handmade)" == hand-copied ]] || fail "the rotation touched the unmanaged ConfigMap"
+metrics | grep -Eq '^trellis_mesh_configmap_writes_total\{operation="update"\} [2-9]' \
+  || fail "updates not counted: $(metrics | grep writes_total)"
+check "after ca rotate prepare, trellis-mesh in every injected namespace holds both roots (metric counts the updates)"
+
+# --- 9. failurePolicy Fail: with the control plane gone, meshed pods are refused ----------------
+stop_pid "$cp_pid"
+cp_pid=
+if pod web-1 meshed | k apply -f - >"$work/down.out" 2>&1; then
+  fail "a pod in the labelled namespace was created while the webhook was down"
+fi
+grep -q 'failed calling webhook "inject.trellis.io"' "$work/down.out" || fail "unexpected refusal: $(cat "$work/down.out")"
+check "with the control plane stopped, the API server refuses the meshed pod (failed calling webhook)"
+
+printf 'PASS: %d checks against a real kube-apiserver %s\n' "$passed" "$("$bin/kube-apiserver" --version | cut -d' ' -f2)"
