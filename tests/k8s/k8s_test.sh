@@ -44,9 +44,15 @@ for want in "kind: Namespace" "kind: Deployment" "kind: Service" "kind: ServiceA
 done
 grep -q -- "- --tokenreview" "$work/base.yaml" || fail "the control plane does not run with --tokenreview"
 grep -q "trellis.io/inject: enabled" "$work/base.yaml" || fail "webhook namespaceSelector missing"
+grep -q -- "- --mesh_configmap_sync" "$work/base.yaml" \
+  || fail "the control plane does not keep trellis-mesh in injected namespaces (--mesh_configmap_sync)"
 check "kubectl kustomize k8s/ renders the 9 kinds of the install"
 kubectl kustomize "$work/k8s/examples" >"$work/examples.yaml" || fail "kubectl kustomize k8s/examples/ failed"
 check "kubectl kustomize k8s/examples/ renders"
+# The control plane makes trellis-mesh in injected namespaces; a copy shipped with an app would not
+# carry its managed-by label, so it would be left alone and never follow a root rotation.
+! grep -q "name: trellis-mesh" "$work/examples.yaml" || fail "k8s/examples/ ships its own trellis-mesh ConfigMap"
+check "k8s/examples/ leaves trellis-mesh to the control plane"
 
 # --- 2. schema validation, and the validator's own negative cases ---------------------------
 out=$(validate "$work/base.yaml") || fail "k8s/ does not validate: $out"
