@@ -1,7 +1,7 @@
 // trellisctl: the Trellis operator's command-line tool.
 //
 //   trellisctl ca init --dir DIR [--trust-domain TD] [--root-ttl D] [--intermediate-ttl D]
-//   [--force]
+//   [--kubernetes [--namespace NS]] [--force]
 //
 // Exit codes: 0 success, 1 the operation failed, 2 usage error (unknown command or flag).
 
@@ -28,6 +28,7 @@
 #include "common/identity/spiffe_id.h"
 #include "common/identity/trust_bundle.h"
 #include "cli/args.h"
+#include "cli/ca_kubernetes.h"
 #include "cli/commands.h"
 #include "control-plane/ca/ca_files.h"
 
@@ -74,9 +75,20 @@ Generates an ECDSA P-256 self-signed root CA and an intermediate CA under it, an
                  not need it, only signing a new intermediate does.
 DIR/ca.crt, ca.key and roots.crt are the layout the control plane loads (a Kubernetes Secret).
 
+With --kubernetes, also writes the two objects `kubectl apply` needs:
+  DIR/kubernetes/trellis-ca-secret.yaml       Secret trellis-ca (type Opaque): ca.crt, ca.key
+                                              and roots.crt, base64 (mode 0600). Never root.key.
+  DIR/kubernetes/trellis-mesh-configmap.yaml  ConfigMap trellis-mesh: trust-domain,
+                                              control-plane-address and roots.crt.
+then: kubectl apply -f DIR/kubernetes/
+
 Flags:
   --dir DIR                 Directory to write into (created if missing). Required.
-  --trust-domain TD         SPIFFE trust domain, shown in the CA names. Default: cluster.local
+  --trust-domain TD         SPIFFE trust domain, shown in the CA names and written to the
+                            ConfigMap. Default: cluster.local
+  --kubernetes              Also write DIR/kubernetes/ (the Secret and the ConfigMap above).
+  --namespace NS            Namespace of those objects, where trellis-control-plane runs.
+                            Default: trellis-system
   --root-ttl DURATION       Lifetime of the root, e.g. 87600h. Default: 87600h (10 years)
   --intermediate-ttl DURATION
                             Lifetime of the intermediate (at most the root's). Default: 8760h
@@ -93,6 +105,8 @@ struct CaInitFlags {
   absl::Duration root_ttl = absl::Hours(87600);
   absl::Duration intermediate_ttl = absl::Hours(8760);
   bool force = false;
+  bool kubernetes = false;
+  std::string ns = "trellis-system";
 };
 
 // Parses `--name value`, `--name=value` and `--force`. Returns kExitOk to go on, or an exit code
@@ -100,7 +114,7 @@ struct CaInitFlags {
 int ParseCaInitFlags(const std::vector<std::string>& args, CaInitFlags& flags, bool& done) {
   done = false;
   const std::vector<std::string> valued = {"--dir", "--trust-domain", "--root-ttl",
-                                           "--intermediate-ttl"};
+                                           "--intermediate-ttl", "--namespace"};
   std::map<std::string, std::string> values;
   for (size_t i = 0; i < args.size(); ++i) {
     std::string arg = args[i];
@@ -111,6 +125,10 @@ int ParseCaInitFlags(const std::vector<std::string>& args, CaInitFlags& flags, b
     }
     if (arg == "--force") {
       flags.force = true;
+      continue;
+    }
+    if (arg == "--kubernetes") {
+      flags.kubernetes = true;
       continue;
     }
     std::string name = arg;
@@ -143,6 +161,17 @@ int ParseCaInitFlags(const std::vector<std::string>& args, CaInitFlags& flags, b
   }
   flags.dir = values["--dir"];
   if (values.count("--trust-domain")) flags.trust_domain = values["--trust-domain"];
+  if (values.count("--namespace")) {
+    if (!flags.kubernetes) {
+      done = true;
+      return UsageError("ca init: --namespace is only for --kubernetes", kCaInitUsage);
+    }
+    flags.ns = values["--namespace"];
+    if (absl::Status s = ValidateNamespace(flags.ns); !s.ok()) {
+      done = true;
+      return UsageError(absl::StrCat("ca init: --namespace: ", s.message()), kCaInitUsage);
+    }
+  }
   for (auto [name, target] : {std::make_pair("--root-ttl", &flags.root_ttl),
                               std::make_pair("--intermediate-ttl", &flags.intermediate_ttl)}) {
     if (values.count(name) == 0) continue;
@@ -191,10 +220,16 @@ int CaInit(const std::vector<std::string>& args) {
   const std::string root_key_path = ca::JoinPath(flags.dir, kRootKeyFile);
   if (!flags.force) {
     std::vector<std::string> existing;
+    std::vector<std::string> paths;
     for (const char* name :
          {ca::kCaCertFile, ca::kCaKeyFile, ca::kChainFile, ca::kRootsFile, kRootKeyFile}) {
+      paths.push_back(ca::JoinPath(flags.dir, name));
+    }
+    if (flags.kubernetes) {
+      for (const std::string& path : KubernetesManifestPaths(flags.dir)) paths.push_back(path);
+    }
+    for (const std::string& path : paths) {
       struct stat st;
-      const std::string path = ca::JoinPath(flags.dir, name);
       if (lstat(path.c_str(), &st) == 0) existing.push_back(path);
     }
     if (!existing.empty()) {
@@ -250,6 +285,12 @@ int CaInit(const std::vector<std::string>& args) {
   if (absl::StatusOr<ca::CaFiles> loaded = ca::LoadCaFiles(flags.dir); !loaded.ok()) {
     return Fail(loaded.status());
   }
+  if (flags.kubernetes) {
+    if (status = WriteKubernetesManifests(flags.dir, flags.ns, flags.trust_domain, flags.force);
+        !status.ok()) {
+      return Fail(status);
+    }
+  }
 
   std::cout << "Created a Trellis CA for trust domain " << flags.trust_domain << " in " << flags.dir
             << ":\n"
@@ -266,6 +307,22 @@ int CaInit(const std::vector<std::string>& args) {
             << " OFFLINE: move it off this machine and out of the cluster. The control plane "
                "needs only ca.crt, ca.key and roots.crt; the root key is needed again only to "
                "sign a new intermediate.\n";
+  if (flags.kubernetes) {
+    const std::vector<std::string> manifests = KubernetesManifestPaths(flags.dir);
+    const std::string kube_dir = ca::JoinPath(flags.dir, kKubernetesDir);
+    std::cout << "\nKubernetes objects (namespace " << flags.ns << "):\n"
+              << "  " << manifests[0] << "       Secret " << kCaSecretName
+              << " (ca.crt, ca.key, roots.crt; mode 0600, it holds a private key)\n"
+              << "  " << manifests[1] << "  ConfigMap " << kMeshConfigMapName
+              << " (trust-domain, control-plane-address, roots.crt)\n"
+              << "\nNext:\n"
+              << "  kubectl create namespace " << flags.ns
+              << "   # unless it exists\n"
+              << "  kubectl apply -f " << kube_dir << "/\n"
+              << "  then install the control plane: k8s/README.md\n"
+              << "  move " << root_key_path
+              << " OFFLINE; the Secret does not contain it and the cluster never needs it\n";
+  }
   return kExitOk;
 }
 
