@@ -204,7 +204,8 @@ class Demo:
             self.work = os.path.abspath(args.work_dir)
         else:
             self.created_work = True
-            self.work = tempfile.mkdtemp(prefix="trellis-demo.")
+            # netns mode: under /tmp, which UID 1337 and nobody can enter whatever $TMPDIR is.
+            self.work = tempfile.mkdtemp(prefix="trellis-demo.", dir="/tmp" if args.mode == "netns" else None)
         self.procs = []
         self.stop_requested = False
         self.stop_signal = None  # set by the signal handler; announced by main() after live()
@@ -415,6 +416,14 @@ class Demo:
 
     def start_netns(self, token_files):
         a, ca = self.args, self.cp["ca"]
+        # The proxies run as UID 1337 and the apps as nobody, and read files in the work directory.
+        parent = os.path.dirname(self.work)
+        while parent != "/":
+            if not os.stat(parent).st_mode & 0o001:
+                raise DemoError(f"the work directory {self.work} is under {parent}, which other users cannot "
+                                f"enter; the proxies (UID {PROXY_UID}) and apps (nobody) read files there: "
+                                "use a --work-dir under /tmp")
+            parent = os.path.dirname(parent)
         step("Network: one network namespace per pod, veths on a private bridge (scripts/lib/netns_pods.py)")
         self.net = netns_pods.PodNetwork("demo", ["control-plane", "checkout", "frontend", "intruder"],
                                          first_host=10)
@@ -423,14 +432,6 @@ class Demo:
             say(S.dim(f"    {pod.name:<13} netns {pod.netns:<30} eth0 {pod.ip}/24   (host end {pod.veth})"))
         say(S.dim(f"    bridge {self.net.bridge}" + (f"; host rule: iptables {' '.join(self.net.forward_rule)}"
                                                       if self.net.forward_rule else "")))
-        # The proxies run as UID 1337 and the apps as nobody: they need to read their own files.
-        parent = os.path.dirname(self.work)
-        while parent != "/":
-            if not os.stat(parent).st_mode & 0o001:
-                raise DemoError(f"the work directory {self.work} is under {parent}, which other users cannot "
-                                f"enter; the proxies (UID {PROXY_UID}) and apps (nobody) read files there: "
-                                "use a --work-dir under /tmp")
-            parent = os.path.dirname(parent)
         os.chmod(self.work, 0o711)
         os.chmod(os.path.join(self.work, "pods"), 0o711)
         apps = os.path.join(self.work, "apps")
@@ -949,14 +950,14 @@ def main():
         if not finished:
             problems.append("a process exited unexpectedly")
         rc = 1 if problems else 0
-    except DemoError as err:
-        say(S.red(f"demo: {err}"))
-        problems = [str(err).splitlines()[0].split("; last lines")[0]]
     except KeyboardInterrupt:
         problems = ["interrupted during start-up"]
-    except (RuntimeError, OSError, subprocess.SubprocessError) as err:
-        say(S.red(f"demo: {type(err).__name__}: {err}"))
-        problems = [str(err).splitlines()[0] if str(err) else type(err).__name__]
+    except (DemoError, RuntimeError, OSError, subprocess.SubprocessError) as err:
+        if demo.stop_requested:  # Ctrl-C also reached the tool being run: not a failure of its own
+            problems = [f"interrupted during start-up ({demo.stop_signal})"]
+        else:
+            say(S.red(f"demo: {err}" if isinstance(err, DemoError) else f"demo: {type(err).__name__}: {err}"))
+            problems = [str(err).splitlines()[0].split("; last lines")[0] if str(err) else type(err).__name__]
     finally:
         if demo.capture is not None:
             demo.capture.stop()
