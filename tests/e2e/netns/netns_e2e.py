@@ -6,10 +6,9 @@ tcpdump, openssl)
 
 The namespaces, bridge, veths, host rule, capture and cleanup are scripts/lib/netns_pods.py's (the
 same code as the demo's network-namespace mode). Each pod gets its own namespace, a veth into the
-run's bridge, trellis-init's nat rules (run by the
-binary inside the namespace), a trellis-proxy as UID 1337 in transparent mode with file-mode
-certificates minted here (openssl: a root, one leaf per pod with its SPIFFE URI SAN), and a
-plaintext HTTP app as an ordinary user (nobody). Checks:
+run's bridge, trellis-init's nat rules (run by the binary inside the namespace), a trellis-proxy
+as UID 1337 in transparent mode with file-mode certificates minted here (openssl: a root, one leaf
+per pod with its SPIFFE URI SAN), and a plaintext HTTP app as an ordinary user (nobody). Checks:
   1. pod A's app calls pod B's app by pod IP and gets the answer (a unique marker in both ways);
   2. a capture on the bridge holds TLS handshakes and never the marker in clear;
   3. pod C, whose identity B's --inbound_port_policy does not allow, is refused, and B's proxy logs
