@@ -37,9 +37,16 @@ class Endpoint {
 
   // Records readiness reported by the loop.
   void OnEvents(uint32_t events);
+  // Called from the TLS socket BIO's callback after every socket read/write (see endpoint.cc).
+  void OnSocketIo(bool read, bool short_or_failed) {
+    (read ? socket_read_drained_ : socket_write_full_) = short_or_failed;
+  }
   // Assumes the socket is ready both ways; the next operation finds out (after a state change
   // during which events were not tracked).
-  void AssumeReady() { readable_ = writable_ = true; }
+  void AssumeReady() {
+    readable_ = writable_ = true;
+    socket_read_drained_ = socket_write_full_ = false;
+  }
 
   bool CanRead() const { return read_needs_write_ ? writable_ : readable_; }
   bool CanWrite() const { return write_needs_read_ ? readable_ : writable_; }
@@ -71,6 +78,14 @@ class Endpoint {
   bool read_needs_write_ = false;
   bool write_needs_read_ = false;
   bool close_notify_sent_ = false;
+  // The loop reported EPOLLRDHUP/HUP/ERR: a FIN or error is queued behind the data, and no
+  // further edge will announce it, so reads go on until EOF/EAGAIN.
+  bool hangup_seen_ = false;
+  // The last socket read (TLS) returned fewer bytes than asked or failed, and no readable edge
+  // came since: the kernel queue was empty then, and an edge announces anything arriving later.
+  bool socket_read_drained_ = false;
+  // The last socket write (TLS) took fewer bytes than offered or failed: the send buffer is full.
+  bool socket_write_full_ = false;
   int received_alert_ = -1;
 };
 

@@ -18,9 +18,6 @@ namespace {
 // Fairness: a busy connection yields to the others after this many rounds (each round moves at
 // most one buffer per direction) and continues in the next loop iteration.
 constexpr int kRoundsPerEvent = 16;
-// Buffers of a connection idle this long are freed (the idle check also closes it once the
-// idle timeout passes).
-constexpr absl::Duration kReleaseBuffersAfter = absl::Seconds(5);
 
 size_t Dir(Direction d) { return static_cast<size_t>(d); }
 
@@ -70,14 +67,14 @@ absl::string_view RelayConnection::StateName(State state) {
   return "unknown";
 }
 
-RelayConnection::RelayConnection(EpollLoop* loop, WorkerStats* stats, Options options,
-                                 UniqueFd downstream, ClosedCallback on_closed)
+RelayConnection::RelayConnection(EpollLoop* loop, WorkerStats* stats, BufferPool* pool,
+                                 Options options, UniqueFd downstream, ClosedCallback on_closed)
     : loop_(loop),
       stats_(stats),
       options_(std::move(options)),
       on_closed_(std::move(on_closed)),
-      flows_{Flow{&downstream_, &upstream_, RelayBuffer(options_.buffer_bytes)},
-             Flow{&upstream_, &downstream_, RelayBuffer(options_.buffer_bytes)}} {
+      flows_{Flow{&downstream_, &upstream_, RelayBuffer(pool)},
+             Flow{&upstream_, &downstream_, RelayBuffer(pool)}} {
   downstream_address_ = PeerAddress(downstream.get()).ToString();
   downstream_.Attach(std::move(downstream));
   // Byte counters are seen from the local app: towards the remote mesh peer is "sent".
@@ -372,6 +369,8 @@ bool RelayConnection::PumpFlow(Flow& flow) {
         return false;
     }
   }
+  // A read that found nothing leaves an empty block; it serves other connections meanwhile.
+  flow.buffer.Release();
   if (flow.src_eof && flow.buffer.empty() && !flow.done) {
     if (flow.dst->ShutdownWrite() == Endpoint::Io::kDone) {
       flow.done = true;
@@ -393,12 +392,9 @@ void RelayConnection::UpdateRelayState() {
 }
 
 void RelayConnection::ArmIdleCheck() {
+  // Relay buffers need no idle release: they hold pooled blocks only while bytes wait in them.
   const absl::Duration remaining = options_.idle_timeout - (loop_->Now() - last_activity_);
-  absl::Duration delay = remaining;
-  if (flows_[0].buffer.allocated() || flows_[1].buffer.allocated()) {
-    delay = std::min(delay, kReleaseBuffersAfter);
-  }
-  idle_timer_ = loop_->AddTimer(std::max(delay, absl::Milliseconds(1)), [this] {
+  idle_timer_ = loop_->AddTimer(std::max(remaining, absl::Milliseconds(1)), [this] {
     idle_timer_ = kNoTimer;
     OnIdleCheck();
   });
@@ -411,9 +407,6 @@ void RelayConnection::OnIdleCheck() {
          absl::StrCat("no bytes either way for ", absl::FormatDuration(idle), " (idle timeout ",
                       absl::FormatDuration(options_.idle_timeout), ")"));
     return;
-  }
-  if (idle >= kReleaseBuffersAfter) {
-    for (Flow& flow : flows_) flow.buffer.Release();
   }
   ArmIdleCheck();
 }

@@ -27,9 +27,9 @@ namespace trellis::proxy {
 //   outbound: app (plaintext, accepted) -> connect -> TLS client handshake -> relay
 //   inbound:  peer (TLS, accepted) -> TLS server handshake -> connect to the app -> relay
 //
-// Each direction has one bounded buffer (Options::buffer_bytes, allocated on first use and
-// reused; released while the connection idles). A side is not read while the buffer towards the
-// other side is full, so a slow reader pushes back on the writer through TCP. A FIN or
+// Each direction has one bounded buffer of the worker's BufferPool block size; it holds a pooled
+// block only while bytes wait in it (see relay_buffer.h). A side is not read while the buffer
+// towards the other side is full, so a slow reader pushes back on the writer through TCP. A FIN or
 // close_notify is carried across as close_notify+FIN or FIN; the connection ends when both
 // directions have ended, or on the first error or timeout. Every failure is counted in the
 // worker's WorkerStats and logged as one JSON line (see failure_report.h).
@@ -55,7 +55,6 @@ class RelayConnection : public DeferredDeletable {
     absl::Duration connect_timeout = absl::Seconds(5);
     absl::Duration handshake_timeout = absl::Seconds(10);
     absl::Duration idle_timeout = absl::Hours(1);
-    size_t buffer_bytes = 16384;
     // Close (kPeerExpired) when the verified peer leaf passes its notAfter.
     bool close_on_peer_expiry = false;
     // Close (kMaxAge) this long after Start(), +/-10% jitter; zero = never.
@@ -63,9 +62,10 @@ class RelayConnection : public DeferredDeletable {
   };
   using ClosedCallback = std::function<void(RelayConnection*)>;
 
-  // `downstream` is the accepted, non-blocking socket. Nothing happens until Start().
-  RelayConnection(EpollLoop* loop, WorkerStats* stats, Options options, UniqueFd downstream,
-                  ClosedCallback on_closed);
+  // `downstream` is the accepted, non-blocking socket. Nothing happens until Start(). `pool`
+  // (the worker's relay blocks) must outlive the connection.
+  RelayConnection(EpollLoop* loop, WorkerStats* stats, BufferPool* pool, Options options,
+                  UniqueFd downstream, ClosedCallback on_closed);
   ~RelayConnection() override;
 
   void Start();

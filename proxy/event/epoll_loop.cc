@@ -115,6 +115,7 @@ void EpollLoop::Post(std::function<void()> task) {
   {
     absl::MutexLock lock(&mu_);
     posted_.push_back(std::move(task));
+    has_posted_.store(true, std::memory_order_release);
     wake = !std::exchange(wake_pending_, true);
   }
   if (wake) Wake();
@@ -147,10 +148,13 @@ void EpollLoop::Run() {
 }
 
 void EpollLoop::RunPosted() {
+  // A task posted after this check also wrote the eventfd, so the next epoll_wait returns.
+  if (!has_posted_.load(std::memory_order_acquire)) return;
   std::vector<std::function<void()>> tasks;
   {
     absl::MutexLock lock(&mu_);
     tasks.swap(posted_);
+    has_posted_.store(false, std::memory_order_relaxed);
     wake_pending_ = false;
   }
   for (auto& task : tasks) task();
@@ -158,11 +162,7 @@ void EpollLoop::RunPosted() {
 
 void EpollLoop::RunOnce() {
   int timeout_ms = -1;
-  {
-    absl::MutexLock lock(&mu_);
-    if (!posted_.empty()) timeout_ms = 0;
-  }
-  if (!activated_.empty()) timeout_ms = 0;
+  if (has_posted_.load(std::memory_order_acquire) || !activated_.empty()) timeout_ms = 0;
   if (timeout_ms != 0) {
     if (std::optional<absl::Time> next = timers_.NextDeadline()) {
       // Round up: waking a millisecond early would spin until the deadline.

@@ -111,6 +111,9 @@ class EpollLoop {
   std::vector<std::unique_ptr<DeferredDeletable>> deferred_;
 
   absl::Mutex mu_;
+  // Set with posted_ under mu_; read without it, so that an iteration with nothing posted (the
+  // common case) takes no lock.
+  std::atomic<bool> has_posted_{false};
   std::vector<std::function<void()>> posted_ ABSL_GUARDED_BY(mu_);
   bool wake_pending_ ABSL_GUARDED_BY(mu_) = false;
 };

@@ -7,6 +7,14 @@
 #include "proxy/listener/original_dst.h"
 
 namespace trellis::proxy {
+namespace {
+
+// Empty relay blocks a worker keeps for reuse (16 x 16 KiB by default). Blocks are held only
+// while bytes wait in them, so this covers every connection that is mid-write at once under
+// ordinary load; a burst of backpressured connections beyond it allocates, and frees on return.
+constexpr size_t kFreeRelayBlocks = 16;
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Worker>> Worker::Create(
     const ProxyOptions* options, const std::vector<ResolvedListener>* listeners,
@@ -22,8 +30,9 @@ Worker::Worker(const ProxyOptions* options, const std::vector<ResolvedListener>*
       listeners_(listeners),
       store_(store),
       shared_(shared),
-      loop_(std::move(loop)),
-      stats_(std::make_unique<WorkerStats>()) {}
+      stats_(std::make_unique<WorkerStats>()),
+      buffer_pool_(options->buffer_bytes, kFreeRelayBlocks, &stats_->relay_buffer_bytes),
+      loop_(std::move(loop)) {}
 
 Worker::~Worker() { Stop(); }
 
@@ -119,7 +128,6 @@ void Worker::OnAccept(size_t index, UniqueFd fd) {
   options.connect_timeout = options_->connect_timeout;
   options.handshake_timeout = options_->handshake_timeout;
   options.idle_timeout = options_->idle_timeout;
-  options.buffer_bytes = options_->buffer_bytes;
   options.close_on_peer_expiry = options_->close_on_peer_expiry;
   options.max_connection_age = options_->max_connection_age;
   const std::vector<identity::SpiffeIdPattern>* peers = &listener.config.peers;
@@ -151,7 +159,7 @@ void Worker::OnAccept(size_t index, UniqueFd fd) {
   options.context = inbound ? store_->server_context() : store_->client_context();
 
   auto connection = std::make_unique<RelayConnection>(
-      loop_.get(), stats_.get(), std::move(options), std::move(fd),
+      loop_.get(), stats_.get(), &buffer_pool_, std::move(options), std::move(fd),
       [this](RelayConnection* closed) { OnClosed(closed); });
   RelayConnection* raw = connection.get();
   connections_.emplace(raw, std::move(connection));

@@ -10,6 +10,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "common/tls/deny_list.h"
+#include "proxy/conn/relay_buffer.h"
 #include "proxy/conn/relay_connection.h"
 #include "proxy/conn/socket_util.h"
 #include "proxy/event/epoll_loop.h"
@@ -72,8 +73,11 @@ class Worker {
   const std::vector<ResolvedListener>* const listeners_;
   ContextStore* const store_;
   SharedCounters* const shared_;
-  std::unique_ptr<EpollLoop> loop_;
   std::unique_ptr<WorkerStats> stats_;
+  // Relay blocks of this worker's connections; declared after stats_ (which it writes) and
+  // before loop_ so that it outlives the connections the loop deletes last.
+  BufferPool buffer_pool_;
+  std::unique_ptr<EpollLoop> loop_;
   std::vector<std::pair<size_t, UniqueFd>> pending_sockets_;  // until the thread starts
   std::vector<std::unique_ptr<Acceptor>> acceptors_;
   absl::flat_hash_map<RelayConnection*, std::unique_ptr<RelayConnection>> connections_;

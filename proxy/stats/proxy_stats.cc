@@ -71,6 +71,14 @@ std::string RenderPrometheus(const std::vector<const WorkerStats*>& workers,
     absl::StrAppend(&out, "trellis_proxy_connections_active{direction=\"", kDirectionLabels[d],
                     "\"} ", active, "\n");
   }
+  Header(&out, "trellis_proxy_relay_buffer_bytes", "gauge",
+         "Relay buffer memory allocated: blocks held by connections with bytes in flight plus "
+         "empty blocks pooled for reuse.");
+  {
+    int64_t held = 0;
+    for (const WorkerStats* w : workers) held += w->relay_buffer_bytes.load();
+    absl::StrAppend(&out, "trellis_proxy_relay_buffer_bytes ", held, "\n");
+  }
   Header(&out, "trellis_proxy_bytes_total", "counter",
          "Application bytes relayed, seen from the local app's side.");
   for (size_t d = 0; d < 2; ++d) {

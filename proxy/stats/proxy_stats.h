@@ -12,6 +12,8 @@
 //   trellis_proxy_connection_failures_total{direction,reason} counter (upstream_connect,
 //                                                              connection_limit, idle_timeout, ...)
 //   trellis_proxy_handshake_duration_seconds{direction}       histogram (successful handshakes)
+//   trellis_proxy_relay_buffer_bytes                          gauge   (relay blocks allocated,
+//                                                              held by connections or pooled)
 //   trellis_proxy_certificate_expiration_timestamp_seconds    gauge   (ProxyStats)
 //   trellis_proxy_trust_bundle_roots                          gauge   (ProxyStats)
 //   trellis_proxy_credential_reloads_total{result}            counter (ProxyStats)
@@ -72,6 +74,8 @@ struct alignas(64) WorkerStats {
       handshake_buckets{};
   std::array<std::atomic<uint64_t>, 2> handshake_count{};
   std::array<std::atomic<uint64_t>, 2> handshake_sum_micros{};
+  // Written by the worker's BufferPool when it allocates or frees a block (not on reuse).
+  std::atomic<int64_t> relay_buffer_bytes{0};
 
   void CountHandshakeFailure(Direction d, tls::FailureReason reason);
   void CountConnectionFailure(Direction d, ConnectionFailure failure);
