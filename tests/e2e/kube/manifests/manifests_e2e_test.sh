@@ -241,8 +241,32 @@ for want in --tokenreview --webhook_address --mesh_configmap_sync --inject_proxy
   [[ "$seen" == *" $want "* ]] || fail "the Deployment's args lack $want: ${args[*]}"
 done
 proxy_image=$(printf '%s\n' "${args[@]}" | sed -n 's/^--inject_proxy_image=//p')
-# In a pod the in-cluster configuration points at the API server; here the same, by flags.
-cp_args+=("--kube_api_server=$TRELLIS_KUBE_URL" "--kube_ca_file=$TRELLIS_KUBE_CA" "--kube_token_file=$work/sa/token")
+# The in-cluster configuration, as in a pod: KUBERNETES_SERVICE_HOST/PORT and the service account
+# directory. As root, each replica gets a private mount namespace whose /var/run/secrets/
+# kubernetes.io/serviceaccount holds the API server's CA and the minted token, so it runs with
+# exactly the Deployment's args; otherwise the same by --kube_* flags.
+cp "$TRELLIS_KUBE_CA" "$work/sa/ca.crt"
+printf 'trellis-system' >"$work/sa/namespace"
+in_cluster=0
+# (Not when the work directory is under /run: the private tmpfs would hide it.)
+if [[ $(id -u) -eq 0 && "$(readlink -f "$work")/" != "$(readlink -f /var/run)/"* ]] \
+  && unshare --mount --propagation private true 2>/dev/null; then
+  in_cluster=1
+else
+  cp_args+=("--kube_api_server=$TRELLIS_KUBE_URL" "--kube_ca_file=$work/sa/ca.crt" "--kube_token_file=$work/sa/token")
+fi
+api_hostport=${TRELLIS_KUBE_URL#https://}
+# run_in_pod_env CMD...: becomes CMD (exec: the caller's $! is CMD's pid) with the in-cluster
+# environment of a pod (see above).
+run_in_pod_env() {
+  # shellcheck disable=SC2016  # expanded by the inner bash
+  KUBERNETES_SERVICE_HOST=${api_hostport%:*} KUBERNETES_SERVICE_PORT=${api_hostport##*:} \
+    exec unshare --mount --propagation private -- bash -c '
+      run=$(readlink -f /var/run) && mount -t tmpfs -o mode=755 trellis-e2e "$run" \
+        && mkdir -p /var/run/secrets/kubernetes.io/serviceaccount \
+        && cp "$0"/ca.crt "$0"/token "$0"/namespace /var/run/secrets/kubernetes.io/serviceaccount/ \
+        && exec "$@"' "$work/sa" "$@"
+}
 
 # Two replicas, as the Deployment runs them (each its own state dir and ports; one CA Secret).
 grpc_ports=()
@@ -255,7 +279,11 @@ start_replica() { # start_replica N
     [[ "$a" == --state_dir=* ]] && a="--state_dir=$state"
     run+=("$a")
   done
-  "$cp_bin" "${run[@]}" >"$log" 2>&1 &
+  if ((in_cluster)); then
+    run_in_pod_env "$cp_bin" "${run[@]}" >"$log" 2>&1 &
+  else
+    "$cp_bin" "${run[@]}" >"$log" 2>&1 &
+  fi
   cp_pids[n]=$!
   wait_for 20 grep -q '"msg":"listening"' "$log" || fail "control plane replica $n did not start"
   grpc_ports[n]=$(grep -o '"grpc_port":[0-9]*' "$log" | tail -n1 | cut -d: -f2)
@@ -267,7 +295,7 @@ start_replica 0
 start_replica 1
 grpc_port=${grpc_ports[0]}
 metrics() { curl -fsS --max-time 5 "http://127.0.0.1:${admin_ports[${1:-0}]}/metrics"; }
-check "2 trellis-control-plane replicas run with the Deployment's args: ${cp_args[*]//$work/\$WORK}"
+check "2 trellis-control-plane replicas run with the Deployment's args: ${cp_args[*]//$work/\$WORK} ($( ((in_cluster)) && echo "in-cluster configuration: KUBERNETES_SERVICE_HOST/PORT and a mounted service-account directory" || echo "API server by flags: not root"))"
 for log in "$work"/cp[01].log; do
   ! grep -qF "$(cat "$work/sa/token")" "$log" || fail "the control plane logged its own token"
 done
