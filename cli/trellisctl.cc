@@ -316,8 +316,7 @@ int CaInit(const std::vector<std::string>& args) {
               << "  " << manifests[1] << "  ConfigMap " << kMeshConfigMapName
               << " (trust-domain, control-plane-address, roots.crt)\n"
               << "\nNext:\n"
-              << "  kubectl create namespace " << flags.ns
-              << "   # unless it exists\n"
+              << "  kubectl create namespace " << flags.ns << "   # unless it exists\n"
               << "  kubectl apply -f " << kube_dir << "/\n"
               << "  then install the control plane: k8s/README.md\n"
               << "  move " << root_key_path
