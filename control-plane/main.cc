@@ -348,6 +348,7 @@ int Run() {
   builder.AddListeningPort(absl::GetFlag(FLAGS_grpc_address),
                            grpc::experimental::TlsServerCredentials(tls_options), &grpc_port);
   builder.RegisterService(&service);
+  PrepareIssuanceServer(&builder);
   // Detect dead proxies on idle Watch streams; allow their keepalive pings.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);

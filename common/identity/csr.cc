@@ -284,10 +284,18 @@ absl::StatusOr<EcKeyPtr> ReadPublicKey(absl::string_view der_text, absl::string_
   }
   EcKeyPtr key = NewEcKey(nid);
   if (key == nullptr) return crypto::OpenSslInternalError("cannot allocate an EC key");
-  // oct2key checks that the point is on the curve (and not the point at infinity); P-256 and
-  // P-384 have cofactor 1, so that is all a public key needs.
-  if (EC_KEY_oct2key(key.get(), reinterpret_cast<const uint8_t*>(point.data()), point.size(),
-                     nullptr) != 1) {
+  struct PointDeleter {
+    void operator()(EC_POINT* p) const { EC_POINT_free(p); }
+  };
+  const EC_GROUP* group = EC_KEY_get0_group(key.get());
+  std::unique_ptr<EC_POINT, PointDeleter> q(EC_POINT_new(group));
+  if (q == nullptr) return crypto::OpenSslInternalError("cannot allocate an EC point");
+  // oct2point checks that the point is on the curve (an uncompressed point of the right size is
+  // never the point at infinity); P-256 and P-384 have cofactor 1, so that is all a public key
+  // needs. Not EC_KEY_oct2key: Debian's BoringSSL lacks it.
+  if (EC_POINT_oct2point(group, q.get(), reinterpret_cast<const uint8_t*>(point.data()),
+                         point.size(), nullptr) != 1 ||
+      EC_KEY_set_public_key(key.get(), q.get()) != 1) {
     crypto::ClearOpenSslErrors();
     return absl::InvalidArgumentError(
         absl::StrCat("CSR public key is not a point on ", KeyAlgorithmName(*algorithm)));

@@ -23,6 +23,9 @@ bool ParseLevel(absl::string_view text, Level* level);
 // Writes to `fd` instead of stderr (tests).
 void SetOutputFd(int fd);
 
+// True if a line at `level` would be written: lets a hot path skip building fields nobody reads.
+bool Enabled(Level level);
+
 // Logs `msg` with `fields` (a JSON object; other JSON values are ignored) at `level`.
 void Log(Level level, absl::string_view msg, const nlohmann::json& fields = nlohmann::json::object());
 

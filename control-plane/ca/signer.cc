@@ -14,6 +14,13 @@ std::string RangeText(const LocalSignerOptions& options) {
                       absl::FormatDuration(options.max_ttl), "]");
 }
 
+std::vector<std::string> ToDerList(const std::vector<identity::Certificate>& certs) {
+  std::vector<std::string> out;
+  out.reserve(certs.size());
+  for (const identity::Certificate& cert : certs) out.push_back(cert.ToDer());
+  return out;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<LocalSigner>> LocalSigner::Create(CaFiles ca,
@@ -62,9 +69,11 @@ absl::StatusOr<std::unique_ptr<LocalSigner>> LocalSigner::Create(CaFiles ca,
 LocalSigner::LocalSigner(CaFiles ca, LocalSignerOptions options, identity::LeafIssuer issuer,
                          std::vector<identity::Certificate> tail, absl::Time chain_not_after)
     : ca_(std::move(ca)),
-      options_(std::move(options)),
       issuer_(std::move(issuer)),
+      options_(std::move(options)),
       chain_tail_(std::move(tail)),
+      chain_tail_der_(ToDerList(chain_tail_)),
+      trust_bundle_der_(ca_.roots.ToDer()),
       chain_not_after_(chain_not_after) {}
 
 absl::StatusOr<std::vector<identity::Certificate>> LocalSigner::SignLeaf(

@@ -67,6 +67,11 @@ class LocalSigner : public Signer {
   // The roots a workload should trust (roots.crt), for the issuance response.
   const identity::TrustBundle& trust_bundle() const { return ca_.roots; }
 
+  // The DER of what follows the leaf in every chain SignLeaf returns, and of trust_bundle(),
+  // encoded once: every issuance response carries them.
+  const std::vector<std::string>& chain_tail_der() const { return chain_tail_der_; }
+  const std::vector<std::string>& trust_bundle_der() const { return trust_bundle_der_; }
+
   // The signing CA certificate.
   const identity::Certificate& ca_certificate() const { return ca_.cert; }
 
@@ -83,6 +88,8 @@ class LocalSigner : public Signer {
   const LocalSignerOptions options_;
   // What follows the leaf in every issued chain: ca.crt (unless it is itself a root) and chain.crt.
   const std::vector<identity::Certificate> chain_tail_;
+  const std::vector<std::string> chain_tail_der_;
+  const std::vector<std::string> trust_bundle_der_;
   // The earliest notAfter among the signing CA and its chain.
   const absl::Time chain_not_after_;
 };

@@ -164,6 +164,12 @@ grpc::Status FinishIssuance(ControlPlaneMetrics* metrics_, grpc::ServerContext* 
 
 }  // namespace
 
+void PrepareIssuanceServer(grpc::ServerBuilder* builder) {
+  builder->SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS,
+                               kIssuanceServerMaxPollers);
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+}
+
 // === impl IdentityService ===
 
 IdentityService::IdentityService(IdentityServiceOptions options, CaManager* ca, MeshState* mesh,
@@ -317,10 +323,11 @@ grpc::Status IdentityService::IssueCertificate(grpc::ServerContext* context,
     if (!chain.ok()) {
       outcome.status = chain.status();
     } else {
-      for (const identity::Certificate& cert : *chain) response->add_cert_chain_der(cert.ToDer());
-      for (const std::string& der : signer->trust_bundle().ToDer()) {
-        response->add_trust_bundle_der(der);
-      }
+      // Only the leaf is encoded per call; the CA's part of the chain and the roots were encoded
+      // once by the signer.
+      response->add_cert_chain_der(chain->front().ToDer());
+      for (const std::string& der : signer->chain_tail_der()) response->add_cert_chain_der(der);
+      for (const std::string& der : signer->trust_bundle_der()) response->add_trust_bundle_der(der);
       const absl::Time not_after = chain->front().not_after();
       const absl::Duration lifetime = not_after - now;
       thread_local std::minstd_rand rng(std::random_device{}());
@@ -332,11 +339,13 @@ grpc::Status IdentityService::IssueCertificate(grpc::ServerContext* context,
       *response->mutable_refresh_in() = DurationProto(lifetime * fraction);
       *response->mutable_valid_for() = DurationProto(lifetime);
       response->set_spiffe_id(outcome.spiffe_id);
-      log::Debug("certificate issued", {{"spiffe_id", outcome.spiffe_id},
-                                        {"authenticator", outcome.authenticator},
-                                        {"serial", chain->front().serial_hex()},
-                                        {"not_after", absl::FormatTime(not_after)},
-                                        {"peer", context->peer()}});
+      if (log::Enabled(log::Level::kDebug)) {  // the fields cost a few us to build
+        log::Debug("certificate issued", {{"spiffe_id", outcome.spiffe_id},
+                                          {"authenticator", outcome.authenticator},
+                                          {"serial", chain->front().serial_hex()},
+                                          {"not_after", absl::FormatTime(not_after)},
+                                          {"peer", context->peer()}});
+      }
     }
   }
 

@@ -94,6 +94,20 @@ class IdentityService final : public trellis::identity::v1::Identity::WithCallba
   bool closing_ ABSL_GUARDED_BY(watches_mu_) = false;
 };
 
+// Settings for the gRPC server that hosts IdentityService; call once before BuildAndStart.
+// Measured with bench/issuance (README there), each worth about a tenth of the control plane's CPU
+// per certificate on 2 cores:
+//  - IssueCertificate runs on gRPC's synchronous thread pool, which by default keeps at most 2 idle
+//    polling threads: under load it created a thread for about every fifth call and let it exit
+//    again (a new stack, OpenSSL's per-thread error and DRBG state, ...). The pool now keeps up to
+//    kIssuanceServerMaxPollers threads once they exist.
+//  - Debian builds Abseil without NDEBUG, which leaves absl::Mutex's deadlock detector on: every
+//    lock of every absl::Mutex in the process (gRPC's included) updates a global lock graph. The
+//    detector is a debugging aid, so it is switched off for the whole process.
+void PrepareIssuanceServer(grpc::ServerBuilder* builder);
+
+inline constexpr int kIssuanceServerMaxPollers = 64;
+
 // The trailing-metadata key that carries a retry hint in milliseconds on RESOURCE_EXHAUSTED and
 // UNAVAILABLE answers.
 inline constexpr char kRetryAfterMetadataKey[] = "retry-after-ms";

@@ -113,6 +113,11 @@ TEST_F(SignerTest, ChainCarriesChainFileAndVerifies) {
   EXPECT_EQ((*chain)[1], issuing.cert);
   EXPECT_EQ((*chain)[2], policy.cert);
   EXPECT_EQ(VerifyChain(*chain, (*signer)->trust_bundle(), now_), X509_V_OK);
+  // The pre-encoded tail and roots an issuance response carries are these same certificates.
+  ASSERT_EQ((*signer)->chain_tail_der().size(), 2u);
+  EXPECT_EQ((*signer)->chain_tail_der()[0], issuing.cert.ToDer());
+  EXPECT_EQ((*signer)->chain_tail_der()[1], policy.cert.ToDer());
+  EXPECT_EQ((*signer)->trust_bundle_der(), std::vector<std::string>{root_.cert.ToDer()});
 }
 
 TEST_F(SignerTest, RootSignerReturnsLeafOnly) {
@@ -123,6 +128,7 @@ TEST_F(SignerTest, RootSignerReturnsLeafOnly) {
   ASSERT_TRUE(chain.ok()) << chain.status();
   ASSERT_EQ(chain->size(), 1u);
   EXPECT_EQ(VerifyChain(*chain, (*signer)->trust_bundle(), now_), X509_V_OK);
+  EXPECT_TRUE((*signer)->chain_tail_der().empty());
 }
 
 TEST_F(SignerTest, DefaultTtlIsOneHourAndBackdatedFiveMinutes) {
