@@ -180,6 +180,22 @@ grep -q 'configmap/trellis-mesh unchanged' "$work/apply-ca.out" || fail "the ove
 [[ "$(k -n trellis-system get configmap trellis-mesh -o go-template='{{index .data "roots.crt"}}')" == "$(cat "$ca/roots.crt")" ]] \
   || fail "trellis-system/trellis-mesh does not hold roots.crt"
 check "CA Secret and trellis-mesh from \`trellisctl ca init --kubernetes\` applied (kubectl apply -f DIR/kubernetes/)"
+# README step 2's caBundle patch, as written there, over the base's placeholder (a patch of a
+# wrong path is accepted as "no change": only the result tells).
+placeholder=$(sed -n 's/^ *caBundle: \([A-Za-z0-9+/=]*\)$/\1/p' k8s/webhook.yaml)
+[[ -n "$placeholder" ]] || fail "no caBundle placeholder in k8s/webhook.yaml"
+k patch mutatingwebhookconfiguration trellis-sidecar-injector --type=json \
+  -p "[{\"op\":\"replace\",\"path\":\"/webhooks/0/clientConfig/caBundle\",\"value\":\"$placeholder\"}]" >/dev/null \
+  || fail "cannot put the placeholder caBundle back"
+readme_patch=$(grep -o '"\[{.*caBundle.*}\]"' k8s/README.md | head -n1)
+[[ -n "$readme_patch" ]] || fail "no caBundle patch in k8s/README.md"
+# Unquoted and expanded ($(base64 -w0 ./trellis-ca/roots.crt)) from the directory the README runs in.
+readme_patch=$(cd "$work" && set -o pipefail && eval "printf '%s' $readme_patch") || fail "cannot expand $readme_patch"
+(cd "$work" && k patch mutatingwebhookconfiguration trellis-sidecar-injector --type=json -p "$readme_patch") \
+  >"$work/patch.out" 2>&1 || fail "k8s/README.md's caBundle patch fails: $(cat "$work/patch.out")"
+[[ "$(k get mutatingwebhookconfiguration trellis-sidecar-injector -o jsonpath='{.webhooks[0].clientConfig.caBundle}')" == "$(base64 -w0 "$ca/roots.crt")" ]] \
+  || fail "caBundle is not roots.crt"
+check "k8s/README.md's caBundle patch applies: $(cat "$work/patch.out")"
 
 # --- 2. RBAC of the control plane's service account: k8s/rbac.yaml, least privilege -------------
 sa_user=system:serviceaccount:trellis-system:trellis-control-plane
