@@ -15,7 +15,8 @@
 #      trellis-control-plane.trellis-system.svc against caBundle;
 #   4. pods: injected in a labelled namespace, not in an unlabelled one, not when opted out, and
 #      refused with the webhook's reason on a malformed annotation; with the control plane
-#      stopped, a pod in the labelled namespace is refused (failurePolicy Fail);
+#      stopped, a pod in the labelled namespace is refused (failurePolicy Fail); without the
+#      classic annotation 1.20 refuses the native sidecar the shipped Deployment injects;
 #   5. a trellis-proxy with the injected container's flags (the synced roots.crt, a TokenRequest
 #      token with audience trellis) gets its certificate: the control plane authenticated it
 #      through TokenReview; a token for another audience is refused;
@@ -408,6 +409,17 @@ fi
 grep -q 'admission webhook "inject.trellis.io" denied the request' "$work/bad.out" || fail "not refused by the webhook: $(cat "$work/bad.out")"
 grep -q 'trellis.io/exclude-inbound-ports' "$work/bad.out" || fail "refusal does not say why: $(cat "$work/bad.out")"
 check "a malformed trellis.io/exclude-inbound-ports is refused with the webhook's reason: $(tr '\n' ' ' <"$work/bad.out")"
+
+# The shipped Deployment injects native sidecars; 1.20 has none and refuses the result (hence
+# the classic annotation above, and k8s/README.md's "Older clusters").
+printf '%s\n' "apiVersion: v1" "kind: Pod" "metadata: {name: native, namespace: meshed}" \
+  "spec: {serviceAccountName: web, automountServiceAccountToken: false, containers: [{name: app, image: example.invalid/app:1}]}" \
+  >"$work/native.yaml"
+if k apply -f "$work/native.yaml" >"$work/native.out" 2>&1; then
+  fail "a natively injected pod was accepted by a 1.20 API server: $(jp meshed native '{.spec.initContainers[*].name}')"
+fi
+grep -q 'initContainers\[1\]' "$work/native.out" || fail "unexpected refusal of the native sidecar: $(cat "$work/native.out")"
+check "without trellis.io/sidecar-mode: classic, 1.20 refuses the native sidecar ($(grep -o 'spec.initContainers\[1\]\.[A-Za-z]*' "$work/native.out" | sort -u | tr '\n' ' ')invalid)"
 
 # --- 7. TokenReview: a proxy with the injected flags gets its certificate -----------------------
 mapfile -t injected_args < <(jp meshed web-0 '{range .spec.containers[0].args[*]}{@}{"\n"}{end}')
