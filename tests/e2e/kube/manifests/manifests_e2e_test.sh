@@ -5,8 +5,9 @@
 #      trellis-mesh ConfigMap) and every object of it exists server-side (the server's schema
 #      rejects a wrong field);
 #   2. two trellis-control-plane replicas run on this host with the container args of the
-#      Deployment as the API server stored it (only paths and listen addresses substituted; the
-#      API server by flags instead of the in-cluster environment), with the CA files read
+#      Deployment as the API server stored it (only paths and listen addresses substituted), each
+#      with a pod's in-cluster configuration in a private mount namespace (as root; else the
+#      API server by --kube_* flags), with the CA files read
 #      back from the trellis-ca Secret and, as its credentials, a TokenRequest token of the
 #      trellis-control-plane service account: its permissions are exactly k8s/rbac.yaml's;
 #   3. Endpoints for the trellis-control-plane Service point at this host's non-loopback IP (no
@@ -28,9 +29,9 @@
 # so the pods ask for trellis.io/sidecar-mode: classic.
 #
 # Args: trellis-control-plane trellisctl trellis-proxy. Needs TRELLIS_KUBE_BIN like the other
-# tests here; it never skips. Root is needed only if this host has no non-loopback IPv4 address:
-# then a private /32 goes on a dummy interface (or on lo, without the dummy driver), removed on
-# exit.
+# tests here; it never skips. Root is needed for the in-cluster mount namespaces (optional), and
+# if this host has no non-loopback IPv4 address: then a private /32 goes on a dummy interface
+# (or on lo, without the dummy driver), removed on exit.
 set -euo pipefail
 
 work=
