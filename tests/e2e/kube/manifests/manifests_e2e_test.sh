@@ -477,6 +477,9 @@ done
 check "a token minted for audience \"api\" is refused (TokenReview); no log holds a token"
 
 # --- 8. root rotation reaches every injected namespace -----------------------------------------
+# Someone else's key in our ConfigMap must survive our update.
+k -n meshed patch configmap trellis-mesh --type=merge -p '{"data":{"operator-note":"keep me"}}' >/dev/null \
+  || fail "cannot add a key to meshed/trellis-mesh"
 "$trellisctl" ca rotate prepare --dir "$ca" >"$work/rotate.out" 2>&1 || fail "ca rotate prepare failed: $(cat "$work/rotate.out")"
 [[ $(grep -c 'BEGIN CERTIFICATE' "$ca/roots.crt") -eq 2 ]] || fail "rotate prepare did not add a second root"
 k -n trellis-system create secret generic trellis-ca --from-file="$ca/ca.crt" --from-file="$ca/ca.key" \
@@ -486,6 +489,8 @@ for ns in meshed late; do
   wait_for 30 roots_equal "$ns" "$ca/roots.crt" || fail "trellis-mesh in $ns still lacks the new root 30 s after the rotation"
 done
 [[ "$(cm_roots handmade)" == hand-copied ]] || fail "the rotation touched the unmanaged ConfigMap"
+[[ "$(k -n meshed get configmap trellis-mesh -o jsonpath='{.data.operator-note}')" == "keep me" ]] \
+  || fail "the update dropped a key the control plane does not own"
 # Both replicas raced for the same writes: every loss is a 409, retried; never an error.
 updates=0
 conflicts=0
@@ -497,7 +502,7 @@ for n in 0 1; do
 done
 ((updates >= 2)) || fail "expected at least 2 counted updates (meshed, late), got $updates"
 ! grep -q '"level":"error"' "$work/cp0.log" "$work/cp1.log" || fail "an error was logged: $(grep -h '"level":"error"' "$work"/cp[01].log | head -n 3)"
-check "after ca rotate prepare, trellis-mesh in every injected namespace holds both roots ($updates updates, $conflicts 409s between the replicas, 0 errors)"
+check "after ca rotate prepare, trellis-mesh in every injected namespace holds both roots, other keys kept ($updates updates, $conflicts 409s between the replicas, 0 errors)"
 
 # --- 9. failurePolicy Fail: with the control plane gone, meshed pods are refused ----------------
 for pid in "${cp_pids[@]}"; do stop_pid "$pid"; done
