@@ -404,27 +404,6 @@ int Run() {
                {"interval", absl::FormatDuration(sync_options.interval)}});
   }
 
-  std::atomic<bool> ready{true};
-  admin::HttpAdmin admin_http;
-  admin_http.Handle("/metrics", [&] {
-    std::string text = metrics.Render();
-    if (mesh_configmaps) text += mesh_configmaps->RenderMetrics();
-    return admin::HttpAdmin::Response{200, "text/plain; version=0.0.4", std::move(text)};
-  });
-  admin_http.Handle("/ready", [&] {
-    return ready ? admin::HttpAdmin::Response{200, "text/plain", "ready\n"}
-                 : admin::HttpAdmin::Response{503, "text/plain", "shutting down\n"};
-  });
-  admin_http.Handle("/live", [] { return admin::HttpAdmin::Response{200, "text/plain", "ok\n"}; });
-  std::string admin_host;
-  int admin_port = 0;
-  if (absl::Status s =
-          admin::ParseHostPort(absl::GetFlag(FLAGS_admin_address), &admin_host, &admin_port);
-      !s.ok()) {
-    Die("bad --admin_address", s);
-  }
-  absl::StatusOr<int> bound_admin = admin_http.Start(admin_host, admin_port);
-  if (!bound_admin.ok()) Die("cannot start the admin endpoint", bound_admin.status());
   std::unique_ptr<inject::WebhookServer> webhook;
   if (const std::string address = absl::GetFlag(FLAGS_webhook_address); !address.empty()) {
     inject::WebhookOptions webhook_options;
@@ -448,6 +427,29 @@ int Run() {
     if (!bound_webhook.ok()) Die("cannot start the injection webhook", bound_webhook.status());
     log::Info("injection webhook listening", {{"webhook_port", *bound_webhook}});
   }
+
+  std::atomic<bool> ready{true};
+  admin::HttpAdmin admin_http;
+  admin_http.Handle("/metrics", [&] {
+    std::string text = metrics.Render();
+    if (mesh_configmaps) text += mesh_configmaps->RenderMetrics();
+    if (webhook) text += webhook->RenderMetrics();
+    return admin::HttpAdmin::Response{200, "text/plain; version=0.0.4", std::move(text)};
+  });
+  admin_http.Handle("/ready", [&] {
+    return ready ? admin::HttpAdmin::Response{200, "text/plain", "ready\n"}
+                 : admin::HttpAdmin::Response{503, "text/plain", "shutting down\n"};
+  });
+  admin_http.Handle("/live", [] { return admin::HttpAdmin::Response{200, "text/plain", "ok\n"}; });
+  std::string admin_host;
+  int admin_port = 0;
+  if (absl::Status s =
+          admin::ParseHostPort(absl::GetFlag(FLAGS_admin_address), &admin_host, &admin_port);
+      !s.ok()) {
+    Die("bad --admin_address", s);
+  }
+  absl::StatusOr<int> bound_admin = admin_http.Start(admin_host, admin_port);
+  if (!bound_admin.ok()) Die("cannot start the admin endpoint", bound_admin.status());
 
   log::Info("listening", {{"grpc_port", grpc_port},
                           {"admin_port", *bound_admin},

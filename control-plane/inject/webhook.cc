@@ -5,6 +5,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace trellis::control_plane::inject {
 namespace {
@@ -12,6 +13,8 @@ namespace {
 WebhookResponse BadRequest(const std::string& message) {
   WebhookResponse r;
   r.http_status = 400;
+  r.result = WebhookResult::kBadRequest;
+  r.reason = message;
   r.content_type = "text/plain; charset=utf-8";
   r.body = absl::StrCat("trellis injection webhook: ", message, "\n");
   return r;
@@ -107,7 +110,45 @@ bool TooDeep(const std::string& text) {
   return false;
 }
 
+// "namespace/name" of the pod under review; generateName + "*" before the API server names it.
+std::string PodRef(const Json& request, const Json& pod) {
+  auto text = [](const Json& object, const char* key) -> std::string {
+    if (!object.is_object()) return "";
+    const Json value = object.value(key, Json());
+    return value.is_string() ? value.get<std::string>() : "";
+  };
+  const Json metadata = pod.is_object() ? pod.value("metadata", Json::object()) : Json::object();
+  std::string ns = text(request, "namespace");
+  if (ns.empty()) ns = text(metadata, "namespace");
+  std::string name = text(metadata, "name");
+  if (name.empty()) name = text(request, "name");
+  if (name.empty() && !text(metadata, "generateName").empty()) {
+    name = text(metadata, "generateName") + "*";
+  }
+  return absl::StrCat(ns, "/", name);
+}
+
 }  // namespace
+
+const char* WebhookResultName(WebhookResult result) {
+  switch (result) {
+    case WebhookResult::kInjected:
+      return "injected";
+    case WebhookResult::kUnchanged:
+      return "unchanged";
+    case WebhookResult::kSkipped:
+      return "skipped";
+    case WebhookResult::kNotAPod:
+      return "not_a_pod";
+    case WebhookResult::kRefused:
+      return "refused";
+    case WebhookResult::kAdmittedUnmeshed:
+      return "admitted_unmeshed";
+    case WebhookResult::kBadRequest:
+      return "bad_request";
+  }
+  return "unknown";
+}
 
 Json JsonPatch(const Json& from, const Json& to) {
   Json ops = Json::array();
@@ -125,8 +166,9 @@ WebhookResponse HandleAdmissionReview(const std::string& request_body,
       return BadRequest("the body is not an AdmissionReview");
     }
     if (review.value("apiVersion", Json()) != "admission.k8s.io/v1") {
-      return BadRequest("only admission.k8s.io/v1 AdmissionReview is supported "
-                        "(set admissionReviewVersions: [v1])");
+      return BadRequest(
+          "only admission.k8s.io/v1 AdmissionReview is supported "
+          "(set admissionReviewVersions: [v1])");
     }
     if (!review.contains("request") || !review["request"].is_object()) {
       return BadRequest("the AdmissionReview has no request");
@@ -139,6 +181,7 @@ WebhookResponse HandleAdmissionReview(const std::string& request_body,
     const std::string uid = request["uid"].get<std::string>();
     const Json api_version = review["apiVersion"];
     WebhookResponse out;
+    out.uid = uid;
 
     auto allow = [&](Json extra = Json::object()) {
       Json response = {{"allowed", true}};
@@ -148,14 +191,17 @@ WebhookResponse HandleAdmissionReview(const std::string& request_body,
     };
     auto refuse_or_warn = [&](const std::string& message) {
       const std::string text = absl::StrCat("trellis sidecar injection failed: ", message);
+      out.reason = message;
       if (options.failure_policy == FailurePolicy::kIgnore) {
+        out.result = WebhookResult::kAdmittedUnmeshed;
         return allow(Json{{"warnings", Json::array({text + " (the pod runs without the mesh)"})}});
       }
-      out.body = Review(api_version, uid,
-                        Json{{"allowed", false},
-                             {"status",
-                              {{"code", 400}, {"reason", "BadRequest"}, {"message", text}}}})
-                     .dump();
+      out.result = WebhookResult::kRefused;
+      out.body =
+          Review(api_version, uid,
+                 Json{{"allowed", false},
+                      {"status", {{"code", 400}, {"reason", "BadRequest"}, {"message", text}}}})
+              .dump();
       return out;
     };
 
@@ -168,11 +214,29 @@ WebhookResponse HandleAdmissionReview(const std::string& request_body,
                                 : "";
     if (!is_pod || !sub.empty() || request.value("operation", Json()) != "CREATE") return allow();
     if (!request.contains("object") || !request["object"].is_object()) {
+      out.pod = PodRef(request, Json::object());
       return refuse_or_warn("request.object is not a Pod object");
     }
     const Json& pod = request["object"];
+    out.pod = PodRef(request, pod);
     absl::StatusOr<InjectResult> result = InjectPod(pod, options.inject);
     if (!result.ok()) return refuse_or_warn(std::string(result.status().message()));
+    switch (result->outcome) {
+      case Outcome::kInjected:
+        out.result = WebhookResult::kInjected;
+        break;
+      case Outcome::kSkipped:
+        out.result = WebhookResult::kSkipped;
+        break;
+      case Outcome::kNotAPod:
+        out.result = WebhookResult::kNotAPod;
+        break;
+      case Outcome::kOptedOut:
+      case Outcome::kAlreadyInjected:
+        out.result = WebhookResult::kUnchanged;
+        break;
+    }
+    if (!result->warnings.empty()) out.reason = absl::StrJoin(result->warnings, "; ");
     Json extra = Json::object();
     if (!result->warnings.empty() && result->outcome == Outcome::kSkipped) {
       extra["warnings"] = result->warnings;

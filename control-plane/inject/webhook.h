@@ -32,10 +32,27 @@ struct WebhookOptions {
   FailurePolicy failure_policy = FailurePolicy::kFail;
 };
 
+// What the webhook did with one call, for metrics and the operator's log line.
+enum class WebhookResult {
+  kInjected,          // a Pod CREATE got the sidecar
+  kUnchanged,         // a pod opted out or already injected
+  kSkipped,           // a pod that cannot be injected (hostNetwork): skip annotation and a warning
+  kNotAPod,           // another resource, operation or subresource: allowed untouched
+  kRefused,           // injection failed and failurePolicy is Fail: the pod is refused
+  kAdmittedUnmeshed,  // injection failed and failurePolicy is Ignore: admitted without the mesh
+  kBadRequest,        // not an AdmissionReview v1 with a uid: HTTP 400
+};
+const char* WebhookResultName(WebhookResult result);
+inline constexpr int kWebhookResultCount = 7;
+
 struct WebhookResponse {
   int http_status = 200;
   std::string body;  // AdmissionReview JSON (200) or a plain-text error (400)
   std::string content_type = "application/json";
+  WebhookResult result = WebhookResult::kNotAPod;
+  std::string reason;  // why it was refused, skipped or rejected (empty otherwise)
+  std::string pod;     // "namespace/name" (or generateName) of the pod, when there is one
+  std::string uid;     // the AdmissionReview request uid, when there is one
 };
 
 WebhookResponse HandleAdmissionReview(const std::string& request_body,

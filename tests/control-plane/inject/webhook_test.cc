@@ -55,6 +55,18 @@ TEST(Webhook, InjectsWithABase64JsonPatch) {
   ASSERT_TRUE(patch.is_array());
   // The patch turns the submitted pod into exactly what InjectPod returns.
   EXPECT_EQ(Apply(PodObject(), patch), Plain(InjectPod(PodObject(), {})->object));
+  // What the server counts and logs.
+  EXPECT_EQ(r.result, WebhookResult::kInjected);
+  EXPECT_EQ(r.pod, "shop/web");
+  EXPECT_EQ(r.uid, "705ab4f5-6393-11e8-b7cc-42010a800002");
+  EXPECT_TRUE(r.reason.empty());
+}
+
+TEST(Webhook, PodWithOnlyGenerateNameIsNamedByItsPrefix) {
+  Json pod = PodObject();
+  pod["metadata"].erase("name");
+  pod["metadata"]["generateName"] = "web-7d9f-";
+  EXPECT_EQ(HandleAdmissionReview(Review(pod), {}).pod, "shop/web-7d9f-*");
 }
 
 TEST(Webhook, PatchForPodWithoutAnnotationsOrInitContainers) {
@@ -87,7 +99,13 @@ TEST(Webhook, OptedOutAndInjectedPodsAndOtherRequestsGetNoPatch) {
     const Json response = Json::parse(r.body)["response"];
     EXPECT_EQ(response["allowed"], true);
     EXPECT_FALSE(response.contains("patch"));
+    EXPECT_TRUE(r.result == WebhookResult::kUnchanged || r.result == WebhookResult::kNotAPod)
+        << WebhookResultName(r.result);
   }
+  EXPECT_EQ(HandleAdmissionReview(Review(opted), {}).result, WebhookResult::kUnchanged);
+  EXPECT_EQ(HandleAdmissionReview(Review(injected), {}).result, WebhookResult::kUnchanged);
+  EXPECT_EQ(HandleAdmissionReview(Review(PodObject(), "UPDATE"), {}).result,
+            WebhookResult::kNotAPod);
   Json other = Json::parse(Review(PodObject()));
   other["request"]["kind"] = {{"group", "apps"}, {"version", "v1"}, {"kind", "Deployment"}};
   EXPECT_FALSE(Json::parse(HandleAdmissionReview(other.dump(), {}).body)["response"].contains("patch"));
@@ -99,7 +117,10 @@ TEST(Webhook, OptedOutAndInjectedPodsAndOtherRequestsGetNoPatch) {
 TEST(Webhook, HostNetworkGetsAWarningAndTheSkipAnnotation) {
   Json pod = PodObject();
   pod["spec"]["hostNetwork"] = true;
-  const Json response = Json::parse(HandleAdmissionReview(Review(pod), {}).body)["response"];
+  const WebhookResponse r = HandleAdmissionReview(Review(pod), {});
+  EXPECT_EQ(r.result, WebhookResult::kSkipped);
+  EXPECT_THAT(r.reason, HasSubstr("hostNetwork"));
+  const Json response = Json::parse(r.body)["response"];
   EXPECT_EQ(response["allowed"], true);
   EXPECT_THAT(response["warnings"].dump(), HasSubstr("hostNetwork"));
   std::string patch_text;
@@ -113,7 +134,11 @@ TEST(Webhook, BadPodFollowsTheFailurePolicy) {
   pod["metadata"]["annotations"]["trellis.io/exclude-inbound-ports"] = "http";
   WebhookOptions fail;
   fail.failure_policy = FailurePolicy::kFail;
-  Json response = Json::parse(HandleAdmissionReview(Review(pod), fail).body)["response"];
+  const WebhookResponse refused = HandleAdmissionReview(Review(pod), fail);
+  EXPECT_EQ(refused.result, WebhookResult::kRefused);
+  EXPECT_THAT(refused.reason, HasSubstr("trellis.io/exclude-inbound-ports"));
+  EXPECT_EQ(refused.pod, "shop/web");
+  Json response = Json::parse(refused.body)["response"];
   EXPECT_EQ(response["allowed"], false);
   EXPECT_EQ(response["status"]["code"], 400);
   EXPECT_THAT(response["status"]["message"].get<std::string>(),
@@ -122,7 +147,10 @@ TEST(Webhook, BadPodFollowsTheFailurePolicy) {
 
   WebhookOptions ignore;
   ignore.failure_policy = FailurePolicy::kIgnore;
-  response = Json::parse(HandleAdmissionReview(Review(pod), ignore).body)["response"];
+  const WebhookResponse admitted = HandleAdmissionReview(Review(pod), ignore);
+  EXPECT_EQ(admitted.result, WebhookResult::kAdmittedUnmeshed);
+  EXPECT_THAT(admitted.reason, HasSubstr("trellis.io/exclude-inbound-ports"));
+  response = Json::parse(admitted.body)["response"];
   EXPECT_EQ(response["allowed"], true);
   EXPECT_FALSE(response.contains("patch"));
   EXPECT_THAT(response["warnings"].dump(), HasSubstr("trellis.io/exclude-inbound-ports"));
@@ -147,6 +175,8 @@ TEST(Webhook, MalformedReviewsAre400NeverACrash) {
     const WebhookResponse r = HandleAdmissionReview(body, {});
     EXPECT_EQ(r.http_status, 400) << body;
     EXPECT_FALSE(r.body.empty());
+    EXPECT_EQ(r.result, WebhookResult::kBadRequest);
+    EXPECT_FALSE(r.reason.empty());
   }
   // Odd but well-formed envelopes never crash either.
   for (const char* request : {R"({"uid": "u"})", R"({"uid": "u", "kind": 5, "operation": 7})",
