@@ -11,9 +11,9 @@
 #   BURST_CLIENTS=100  clients holding a certificate in the burst
 #   FRESH_RENEWALS=2000  renewals in a third burst where every renewal opens a new TLS connection
 #                      (a full handshake with the client certificate); 0 skips it
-#   RENEWAL_CHAIN=leaf-twice  the client chain renewals present: full (leaf + intermediate, what a
-#                      proxy sends), leaf, or leaf-twice (leaf, leaf, intermediate), which works
-#                      around the control plane reading the chain without its leaf (see README)
+#   RENEWAL_CHAIN=full the client chain renewals present: full (leaf + intermediate, what a
+#                      proxy sends), leaf, or leaf-twice (leaf, leaf, intermediate; kept for
+#                      comparison with older figures, see README)
 #   IDENTITIES=1024    distinct service accounts (one token each) for `issue`
 #   PIN=1              1: control plane on CPU 0, load generator on the other CPUs (taskset);
 #                      0: no pinning

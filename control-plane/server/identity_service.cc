@@ -108,11 +108,13 @@ std::vector<identity::Certificate> IdentityService::ParseIntermediates(grpc::str
   return *std::move(parsed);
 }
 
-// A proxy renews with the same certificate for half its lifetime, over one connection, and parsing
-// it costs ~130 us under OpenSSL 3 (its provider decoder reading the public key), as much as the
-// ECDSA verify of the whole renewal. So parses are kept by PEM text: the same text always parses
-// to the same certificate. Only the parse is reused, never a decision: every call still verifies
-// the chain against the current bundle, deny-list and clock. Texts that do not parse are not kept.
+// Parsing a client certificate costs ~130 us under OpenSSL 3 (its provider decoder reading the
+// public key), as much as an ECDSA verify, and a certificate comes back whenever a renewal is
+// retried (after an UNAVAILABLE under a burst) or a client renews again over the same connection.
+// So parses are kept by PEM text: the same text always parses to the same certificate. Only the
+// parse is reused, never a decision: every call still verifies the chain against the current
+// bundle, deny-list and clock. Texts that do not parse are not kept. (trellis-proxy renews over a
+// new connection, once per certificate, so its first attempt still pays the parse.)
 absl::StatusOr<identity::Certificate> IdentityService::ParseLeaf(grpc::string_ref pem) const {
   const absl::string_view text(pem.data(), pem.size());
   {

@@ -84,7 +84,7 @@ class IdentityService final : public trellis::identity::v1::Identity::WithCallba
 
   // Renewing clients' leaf certificates by their PEM text (see ParseLeaf). Bounded: emptied when
   // it reaches kMaxCachedLeaves.
-  static constexpr size_t kMaxCachedLeaves = 4096;
+  static constexpr size_t kMaxCachedLeaves = 1024;
   mutable absl::Mutex leaves_mu_;
   mutable absl::flat_hash_map<std::string, identity::Certificate> leaves_
       ABSL_GUARDED_BY(leaves_mu_);

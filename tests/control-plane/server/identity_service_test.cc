@@ -405,6 +405,26 @@ TEST_F(IdentityServiceTest, RefusesRenewalWithDeniedSerial) {
   EXPECT_EQ(server_->metrics().issuances("permission_denied", "renewal"), 1u);
 }
 
+// The control plane keeps the parse of a renewing client's certificate (OpenSSL 3 parses slowly),
+// never a decision: a certificate that renewed once is refused on its next renewal once its
+// serial is on the deny-list.
+TEST_F(IdentityServiceTest, CertificateSeenBeforeIsStillCheckedAgainstTheDenyList) {
+  const std::string id = "spiffe://cluster.local/vm/edge-gw-9";
+  const Workload workload = NewWorkload();
+  const IssueCertificateResponse issued = IssueFirst(workload, id);
+  ExpectRenewal(*server_, workload, issued, id);  // the leaf's parse is now kept
+  std::vector<identity::Certificate> chain = ParseChain(issued);
+  ASSERT_FALSE(chain.empty());
+  absl::StatusOr<tls::DenyList> list =
+      tls::DenyList::Parse(absl::StrCat("serial:", chain[0].serial_hex(), "\n"));
+  ASSERT_TRUE(list.ok()) << list.status();
+  server_->mesh().SetDenyList(*list);
+
+  IssueResult result = server_->Renew(NewWorkload(), workload.CertFrom(issued));
+  EXPECT_EQ(result.status.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(result.status.error_message(), HasSubstr("renewal refused"));
+}
+
 TEST_F(IdentityServiceTest, RefusesRenewalWithCertificateFromAnotherCa) {
   const ::trellis::testing::TestCa other = ::trellis::testing::MakeRoot("Somebody Else's Root");
   const ::trellis::testing::TestLeaf leaf =
