@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <memory>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/crypto/openssl_error.h"
 #include "common/identity/der.h"
@@ -125,6 +126,73 @@ EcKeyPtr NewEcKey(int nid) {
   return key;
 }
 
+// True if `s` is well-formed UTF-8 (RFC 3629: shortest form, no surrogates, at most U+10FFFF).
+bool IsUtf8(absl::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto b = static_cast<uint8_t>(s[i]);
+    size_t n = 0;
+    uint32_t cp = 0;
+    if (b < 0x80) {
+      ++i;
+      continue;
+    } else if ((b & 0xe0) == 0xc0) {
+      n = 1;
+      cp = b & 0x1f;
+    } else if ((b & 0xf0) == 0xe0) {
+      n = 2;
+      cp = b & 0x0f;
+    } else if ((b & 0xf8) == 0xf0) {
+      n = 3;
+      cp = b & 0x07;
+    } else {
+      return false;
+    }
+    if (n >= s.size() - i) return false;  // truncated sequence
+    for (size_t k = 1; k <= n; ++k) {
+      const auto c = static_cast<uint8_t>(s[i + k]);
+      if ((c & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (c & 0x3f);
+    }
+    static constexpr uint32_t kMin[] = {0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    i += n + 1;
+  }
+  return true;
+}
+
+bool IsAscii(absl::string_view s) {
+  for (char c : s) {
+    if (static_cast<uint8_t>(c) > 0x7f) return false;
+  }
+  return true;
+}
+
+// A directory string Trellis accepts where it does not read the value (subject, attributes):
+// UTF8String (well-formed), PrintableString, TeletexString or IA5String (7-bit). Other types are
+// refused rather than passed over, so that nothing is accepted that the TLS library's own parser
+// would refuse.
+bool IsAcceptedString(uint8_t tag, absl::string_view value) {
+  switch (tag) {
+    case 0x0c:  // UTF8String
+      return IsUtf8(value);
+    case 0x13:  // PrintableString
+      for (char c : value) {
+        if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) &&
+            absl::string_view(" '()+,-./:=?").find(c) == absl::string_view::npos) {
+          return false;
+        }
+      }
+      return true;
+    case 0x14:  // TeletexString (read as Latin-1)
+      return true;
+    case 0x16:  // IA5String
+      return IsAscii(value);
+    default:
+      return false;
+  }
+}
+
 // Checks the shape of a Name: SEQUENCE OF SET OF SEQUENCE { OID, one value }. The subject is never
 // used (identity comes from the credential), but a request is only accepted whole.
 bool IsWellFormedName(absl::string_view contents) {
@@ -139,7 +207,7 @@ bool IsWellFormedName(absl::string_view contents) {
       if (!atvs.Read(der::kSequence, &atv)) return false;
       der::Reader parts(atv);
       if (!parts.Read(der::kObjectIdentifier, &oid) || !der::IsValidOid(oid) ||
-          !parts.ReadAny(&tag, &value) || !parts.empty()) {
+          !parts.ReadAny(&tag, &value) || !parts.empty() || !IsAcceptedString(tag, value)) {
         return false;
       }
     }
@@ -163,12 +231,23 @@ absl::Status ReadUriSans(absl::string_view ext_value, std::vector<std::string>* 
     if (!names.ReadAny(&tag, &value)) return malformed;
     // GeneralName is a CHOICE of context-specific tags [0]..[8].
     if ((tag & 0xc0) != der::kContextSpecific || (tag & 0x1f) > 8) return malformed;
-    constexpr uint8_t kUri = der::kContextSpecific | 6;  // [6] IMPLICIT IA5String
-    if (tag != kUri) continue;
-    for (char c : value) {
-      if (static_cast<uint8_t>(c) > 0x7f) return malformed;  // not IA5
+    switch (tag) {
+      case der::kContextSpecific | 1:  // rfc822Name, IA5String
+      case der::kContextSpecific | 2:  // dNSName, IA5String
+        if (!IsAscii(value)) return malformed;
+        break;
+      case der::kContextSpecific | 6:  // uniformResourceIdentifier, IA5String
+        if (!IsAscii(value)) return malformed;
+        uris->emplace_back(value);
+        break;
+      case der::kContextSpecific | 7:  // iPAddress
+        if (value.size() != 4 && value.size() != 16) return malformed;
+        break;
+      default:
+        return absl::InvalidArgumentError(
+            "CSR subjectAltName holds a name type Trellis does not accept (only URI, DNS, email "
+            "and IP names)");
     }
-    uris->emplace_back(value);
   }
   return absl::OkStatus();
 }
@@ -187,7 +266,19 @@ absl::Status ReadAttributes(absl::string_view der_text, absl::string_view attrib
         !parts.Read(der::kSet, &values) || !parts.empty()) {
       return Malformed(der_text, "bad attribute");
     }
-    if (type != kOidExtensionRequest) continue;
+    if (type != kOidExtensionRequest) {
+      // Not read, but only plain values are accepted (a challengePassword, an unstructuredName).
+      der::Reader set(values);
+      while (!set.empty()) {
+        uint8_t tag = 0;
+        absl::string_view value;
+        if (!set.ReadAny(&tag, &value) ||
+            (tag != der::kSequence && tag != der::kSet && !IsAcceptedString(tag, value))) {
+          return Malformed(der_text, "bad attribute value");
+        }
+      }
+      continue;
+    }
     if (seen_extension_request) {
       return absl::InvalidArgumentError("CSR has more than one extensionRequest attribute");
     }

@@ -10,6 +10,11 @@
 //    it for its signature or for its point (it may refuse it for being outside what Trellis
 //    accepts: non-DER, other curves or algorithms, malformed or duplicate extensions ...);
 //  - refusals are InvalidArgument starting with "CSR ", and the OpenSSL error queue is empty.
+// A mutated request rarely keeps a valid signature, so the accept-side comparison runs mostly on
+// the seeds, which are real signed requests at each edge; mutations exercise every refusal path
+// (memory safety, messages). What the parser does not read (subject, other attributes, SAN names
+// other than URIs) it still holds to plain string types and the SAN name types it accepts, so as
+// not to accept what the reference's parser refuses.
 // Seeds: corpus/csr_der/, made by corpus/make_csr_der_seeds.py (plus copies of corpus/csr/).
 
 #include <openssl/err.h>

@@ -520,10 +520,46 @@ TEST(CsrDerTest, RefusesMalformedOrDuplicateExtensions) {
   ExpectRefused(BuildCsr(key, parts), "malformed extension");
 }
 
+TEST(CsrDerTest, RefusesSanNameTypesOtherThanUriDnsEmailAndIp) {
+  PrivateKey key = P256();
+  RequestParts parts = PartsFor(key);
+  // otherName [0] { type-id, [0] value }
+  const std::string other_name = Tlv(0xa0, Oid("\x2b\x06\x01\x04\x01") + Tlv(0xa0, Tlv(0x0c, "x")));
+  parts.attributes = Tlv(0xa0, ExtensionRequest({SanExtension(other_name + UriName(kId))}));
+  ExpectRefused(BuildCsr(key, parts), "name type Trellis does not accept");
+  // An iPAddress that is neither 4 nor 16 bytes.
+  parts.attributes = Tlv(0xa0, ExtensionRequest({SanExtension(Tlv(0x87, "12345"))}));
+  ExpectRefused(BuildCsr(key, parts), "CSR subjectAltName extension is malformed");
+  // DNS, email and IP names are allowed next to the URI (and not returned).
+  parts.attributes =
+      Tlv(0xa0, ExtensionRequest(
+                    {SanExtension(Tlv(0x82, "a.example") + Tlv(0x81, "a@example") +
+                                  Tlv(0x87, std::string("\x0a\x00\x00\x01", 4)) + UriName(kId))}));
+  absl::StatusOr<ParsedCsr> parsed = ParseCsrDer(BuildCsr(key, parts));
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->requested_uri_sans, std::vector<std::string>{kId});
+}
+
+TEST(CsrDerTest, RefusesAttributeValuesThatAreNotPlainStrings) {
+  PrivateKey key = P256();
+  RequestParts parts = PartsFor(key);
+  parts.attributes = Tlv(0xa0, Seq({Oid(kChallengePassword), Set({Tlv(0x02, "\x01")})}));
+  ExpectRefused(BuildCsr(key, parts), "bad attribute value");
+  parts.attributes = Tlv(0xa0, Seq({Oid(kChallengePassword), Set({Tlv(0x0c, "\xc3")})}));
+  ExpectRefused(BuildCsr(key, parts), "bad attribute value");  // truncated UTF-8
+}
+
 TEST(CsrDerTest, RefusesMalformedSubject) {
   PrivateKey key = P256();
   RequestParts parts = PartsFor(key);
   parts.subject = Seq({Tlv(0x05, "")});  // not a SET of attribute values
+  ExpectRefused(BuildCsr(key, parts), "bad subject name");
+  const std::string cn("\x55\x04\x03", 3);
+  parts.subject = Seq({Set({Seq({Oid(cn), Tlv(0x02, "\x01")})})});  // an INTEGER value
+  ExpectRefused(BuildCsr(key, parts), "bad subject name");
+  parts.subject = Seq({Set({Seq({Oid(cn), Tlv(0x0c, "\xed\xa0\x80")})})});  // a UTF-16 surrogate
+  ExpectRefused(BuildCsr(key, parts), "bad subject name");
+  parts.subject = Seq({Set({Seq({Oid(cn), Tlv(0x13, "a*b")})})});  // '*' is not Printable
   ExpectRefused(BuildCsr(key, parts), "bad subject name");
   // A well-formed subject is accepted (and ignored).
   parts.subject = Seq({Set({Seq({Oid("\x55\x04\x03"), Tlv(0x0c, "seed")})})});

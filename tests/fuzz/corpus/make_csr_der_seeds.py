@@ -121,6 +121,11 @@ def main():
         "refused_critical_false": csr(k256, good, tlv(0xA0, ext_request(
             seq(oid(SUBJECT_ALT_NAME), tlv(0x01, b"\x00"), tlv(0x04, seq(tlv(0x86, ID))))))),
         "refused_sha384_labelled_sha256": csr(k256, good, digest=hashes.SHA384()),
+        "refused_san_other_name": csr(k256, good, tlv(0xA0, ext_request(san(
+            tlv(0xA0, oid(b"\x2b\x06\x01\x04\x01") + tlv(0xA0, tlv(0x0C, b"x"))),
+            tlv(0x86, ID))))),
+        "refused_subject_integer": csr(k256, good, subject=seq(set_of(seq(
+            oid(b"\x55\x04\x03"), tlv(0x02, b"\x01"))))),
     }
     indefinite = seeds["valid_minimal"]
     header = 3 if indefinite[1] == 0x81 else 2
