@@ -32,6 +32,7 @@
 #include "control-plane/auth/tokenreview_authenticator.h"
 #include "control-plane/inject/webhook_server.h"
 #include "control-plane/kube/kube_api.h"
+#include "control-plane/kube/server_version.h"
 #include "control-plane/kube/mesh_configmap_sync.h"
 #include "control-plane/server/admission.h"
 #include "control-plane/server/ca_manager.h"
@@ -115,8 +116,12 @@ ABSL_FLAG(std::string, inject_proxy_image, "ghcr.io/trellis-mesh/trellis-proxy:l
           "Image of the injected trellis-proxy sidecar.");
 ABSL_FLAG(std::string, inject_init_image, "ghcr.io/trellis-mesh/trellis-init:latest",
           "Image of the injected trellis-init container.");
-ABSL_FLAG(bool, inject_classic, false,
-          "Inject classic sidecar containers (clusters before 1.29) instead of native sidecars.");
+ABSL_FLAG(std::string, inject_sidecar_mode, "auto",
+          "How the webhook injects the proxy: native (an init container with restartPolicy: "
+          "Always; Kubernetes 1.29+), classic (a regular container; any version), or auto: "
+          "native if the API server (GET /version, through the --kube_* or in-cluster "
+          "configuration) is 1.29 or newer, else classic; classic if it cannot be asked. A pod's "
+          "trellis.io/sidecar-mode annotation overrides it.");
 ABSL_FLAG(std::string, inject_failure_policy, "Fail",
           "Fail or Ignore, as the webhook configuration's failurePolicy: a pod that cannot be "
           "injected is refused (Fail) or admitted unmeshed with a warning (Ignore).");
@@ -152,6 +157,22 @@ void OnSignal(int signal) {
 [[noreturn]] void Die(absl::string_view what, const absl::Status& status) {
   log::Error(what, {{"error", std::string(status.message())}});
   std::exit(1);
+}
+
+// A client for the cluster's API server: --kube_api_server/--kube_ca_file/--kube_token_file when
+// set, else the pod's in-cluster configuration.
+absl::StatusOr<std::unique_ptr<kube::KubeApiClient>> MakeKubeApiClient() {
+  kube::KubeApiConfig config;
+  if (absl::GetFlag(FLAGS_kube_api_server).empty()) {
+    absl::StatusOr<kube::KubeApiConfig> in_cluster = kube::InClusterConfig();
+    if (!in_cluster.ok()) return in_cluster.status();
+    config = *std::move(in_cluster);
+  } else {
+    config.server_url = absl::GetFlag(FLAGS_kube_api_server);
+    config.ca_file = absl::GetFlag(FLAGS_kube_ca_file);
+    config.token_file = absl::GetFlag(FLAGS_kube_token_file);
+  }
+  return kube::KubeApiClient::Create(std::move(config));
 }
 
 // Watches the deny-list file and publishes it; keeps the last good list on a bad edit.
@@ -367,21 +388,8 @@ int Run() {
   std::unique_ptr<kube::MeshConfigMapSync> mesh_configmaps;
   int bundle_subscription = 0;
   if (absl::GetFlag(FLAGS_mesh_configmap_sync)) {
-    kube::KubeApiConfig config;
-    if (absl::GetFlag(FLAGS_kube_api_server).empty()) {
-      absl::StatusOr<kube::KubeApiConfig> in_cluster = kube::InClusterConfig();
-      if (!in_cluster.ok())
-        Die("--mesh_configmap_sync: no in-cluster configuration", in_cluster.status());
-      config = *std::move(in_cluster);
-    } else {
-      config.server_url = absl::GetFlag(FLAGS_kube_api_server);
-      config.ca_file = absl::GetFlag(FLAGS_kube_ca_file);
-      config.token_file = absl::GetFlag(FLAGS_kube_token_file);
-    }
-    absl::StatusOr<std::unique_ptr<kube::KubeApiClient>> client =
-        kube::KubeApiClient::Create(std::move(config));
-    if (!client.ok())
-      Die("--mesh_configmap_sync: bad Kubernetes API configuration", client.status());
+    absl::StatusOr<std::unique_ptr<kube::KubeApiClient>> client = MakeKubeApiClient();
+    if (!client.ok()) Die("--mesh_configmap_sync: no Kubernetes API configuration", client.status());
     kube_api = *std::move(client);
     kube::MeshConfigMapSyncOptions sync_options;
     sync_options.configmap_name = absl::GetFlag(FLAGS_mesh_configmap_name);
@@ -409,7 +417,34 @@ int Run() {
     inject::WebhookOptions webhook_options;
     webhook_options.inject.proxy_image = absl::GetFlag(FLAGS_inject_proxy_image);
     webhook_options.inject.init_image = absl::GetFlag(FLAGS_inject_init_image);
-    webhook_options.inject.classic = absl::GetFlag(FLAGS_inject_classic);
+    const std::string mode = absl::GetFlag(FLAGS_inject_sidecar_mode);
+    if (mode == "classic") {
+      webhook_options.inject.classic = true;
+    } else if (mode == "auto") {
+      // Asked once: an API server upgrade restarts control planes anyway (rolling update).
+      absl::StatusOr<kube::ServerVersion> version =
+          absl::InternalError("no Kubernetes API configuration");
+      absl::StatusOr<std::unique_ptr<kube::KubeApiClient>> client = MakeKubeApiClient();
+      if (client.ok()) {
+        version = kube::FetchServerVersion(**client);
+      } else {
+        version = client.status();
+      }
+      if (version.ok()) {
+        webhook_options.inject.classic = !version->SupportsNativeSidecars();
+        log::Info("injection: sidecar mode chosen from the API server's version",
+                  {{"kubernetes_version", absl::StrCat(version->major, ".", version->minor)},
+                   {"sidecar_mode", webhook_options.inject.classic ? "classic" : "native"}});
+      } else {
+        webhook_options.inject.classic = true;
+        log::Warn("injection: cannot read the API server's version; injecting classic sidecars, "
+                  "which work on every version (set --inject_sidecar_mode=native to choose)",
+                  {{"error", std::string(version.status().message())}});
+      }
+    } else if (mode != "native") {
+      Die("bad --inject_sidecar_mode",
+          absl::InvalidArgumentError("must be auto, native or classic"));
+    }
     const std::string policy = absl::GetFlag(FLAGS_inject_failure_policy);
     if (policy != "Fail" && policy != "Ignore") {
       Die("bad --inject_failure_policy", absl::InvalidArgumentError("must be Fail or Ignore"));

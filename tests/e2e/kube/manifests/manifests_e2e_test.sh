@@ -16,8 +16,9 @@
 #      trellis-control-plane.trellis-system.svc against caBundle;
 #   4. pods: injected in a labelled namespace, not in an unlabelled one, not when opted out, and
 #      refused with the webhook's reason on a malformed annotation; with the control plane
-#      stopped, a pod in the labelled namespace is refused (failurePolicy Fail); without the
-#      classic annotation 1.20 refuses the native sidecar the shipped Deployment injects;
+#      stopped, a pod in the labelled namespace is refused (failurePolicy Fail); the shipped
+#      --inject_sidecar_mode=auto reads 1.20 from /version and injects classic sidecars (a pod
+#      forcing native is refused by 1.20);
 #   5. a trellis-proxy with the injected container's flags (the synced roots.crt, a TokenRequest
 #      token with audience trellis) gets its certificate: the control plane authenticated it
 #      through TokenReview; a token for another audience is refused;
@@ -25,8 +26,7 @@
 #      bounded wait, never in others, never over a ConfigMap it does not manage, and updated with
 #      the new root after `trellisctl ca rotate prepare` reaches the Secret's files, the two
 #      replicas racing without a single error.
-# Pods stay Pending (no scheduler, no kubelet); classic sidecars: 1.20 predates native sidecars,
-# so the pods ask for trellis.io/sidecar-mode: classic.
+# Pods stay Pending (no scheduler, no kubelet).
 #
 # Args: trellis-control-plane trellisctl trellis-proxy. Needs TRELLIS_KUBE_BIN like the other
 # tests here; it never skips. Root is needed for the in-cluster mount namespaces (optional), and
@@ -370,7 +370,7 @@ check "a ConfigMap not managed by the control plane is left alone, with a warnin
 pod() { # pod NAME NAMESPACE [ANNOTATIONS, flow-mapping body]
   printf '%s\n' \
     "apiVersion: v1" "kind: Pod" "metadata:" "  name: $1" "  namespace: $2" \
-    "  annotations: {\"trellis.io/sidecar-mode\": classic${3:+, $3}}" \
+    "  annotations: {${3:-}}" \
     "spec:" "  serviceAccountName: web" "  automountServiceAccountToken: false" "  containers:" \
     "    - name: app" "      image: example.invalid/app:1" \
     "      ports: [{name: http, containerPort: 8080}]" \
@@ -410,17 +410,36 @@ fi
 grep -q 'admission webhook "inject.trellis.io" denied the request' "$work/bad.out" || fail "not refused by the webhook: $(cat "$work/bad.out")"
 grep -q 'trellis.io/exclude-inbound-ports' "$work/bad.out" || fail "refusal does not say why: $(cat "$work/bad.out")"
 check "a malformed trellis.io/exclude-inbound-ports is refused with the webhook's reason: $(tr '\n' ' ' <"$work/bad.out")"
+# What the operator sees on the control plane's side: counts by result and the refusal's log line.
+webhook_count() { # webhook_count RESULT: summed over both replicas
+  local total=0 n v
+  for n in 0 1; do
+    v=$(metrics "$n" | sed -n "s/^trellis_webhook_requests_total{result=\"$1\"} \([0-9]*\)$/\1/p")
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
+}
+(($(webhook_count injected) >= 1 && $(webhook_count refused) >= 1)) \
+  || fail "webhook metrics: injected=$(webhook_count injected) refused=$(webhook_count refused)"
+grep -h '"result":"refused"' "$work"/cp[01].log | grep '"pod":"meshed/bad"' | grep -q 'exclude-inbound-ports' \
+  || fail "no refusal line naming meshed/bad and the annotation in the control plane's log"
+check "trellis_webhook_requests_total counts injected $(webhook_count injected) and refused $(webhook_count refused); the refusal is logged with the pod and the reason"
 
-# The shipped Deployment injects native sidecars; 1.20 has none and refuses the result (hence
-# the classic annotation above, and k8s/README.md's "Older clusters").
-printf '%s\n' "apiVersion: v1" "kind: Pod" "metadata: {name: native, namespace: meshed}" \
+# The shipped Deployment says --inject_sidecar_mode=auto: the control plane read 1.20 from
+# /version and injected classic sidecars (the pods above carry no sidecar-mode annotation).
+grep 'sidecar mode chosen from the API server' "$work/cp0.log" | grep '"kubernetes_version":"1.20"' | grep -q '"sidecar_mode":"classic"' \
+  || fail "the control plane did not choose classic sidecars for 1.20: $(grep -h 'sidecar mode' "$work"/cp*.log)"
+check "--inject_sidecar_mode=auto: the control plane read 1.20 from /version and injected classic sidecars"
+# Forcing native on 1.20 gets the result refused by the API server: the reason auto exists.
+printf '%s\n' "apiVersion: v1" "kind: Pod" \
+  "metadata: {name: native, namespace: meshed, annotations: {trellis.io/sidecar-mode: native}}" \
   "spec: {serviceAccountName: web, automountServiceAccountToken: false, containers: [{name: app, image: example.invalid/app:1}]}" \
   >"$work/native.yaml"
 if k apply -f "$work/native.yaml" >"$work/native.out" 2>&1; then
   fail "a natively injected pod was accepted by a 1.20 API server: $(jp meshed native '{.spec.initContainers[*].name}')"
 fi
 grep -q 'initContainers\[1\]' "$work/native.out" || fail "unexpected refusal of the native sidecar: $(cat "$work/native.out")"
-check "without trellis.io/sidecar-mode: classic, 1.20 refuses the native sidecar ($(grep -o 'spec.initContainers\[1\]\.[A-Za-z]*' "$work/native.out" | sort -u | tr '\n' ' ')invalid)"
+check "trellis.io/sidecar-mode: native on 1.20 is refused by the API server ($(grep -o 'spec.initContainers\[1\]\.[A-Za-z]*' "$work/native.out" | sort -u | tr '\n' ' ')invalid)"
 
 # --- 7. TokenReview: a proxy with the injected flags gets its certificate -----------------------
 mapfile -t injected_args < <(jp meshed web-0 '{range .spec.containers[0].args[*]}{@}{"\n"}{end}')
