@@ -1,6 +1,5 @@
 #include "control-plane/auth/tokenreview_authenticator.h"
 
-#include <curl/curl.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
@@ -9,14 +8,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "absl/cleanup/cleanup.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -34,14 +30,8 @@ constexpr absl::string_view kServiceAccountPrefix = "system:serviceaccount:";
 constexpr absl::string_view kPodNameExtra = "authentication.kubernetes.io/pod-name";
 // Kubernetes tokens are about 1 KiB; anything much larger is not one.
 constexpr size_t kMaxTokenBytes = 64 * 1024;
-constexpr size_t kMaxResponseBytes = 1024 * 1024;
 // How much of a string from the API server goes into a status message.
 constexpr size_t kMaxQuotedBytes = 512;
-
-void CurlGlobalInit() {
-  static std::once_flag once;
-  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
-}
 
 // Overwrites a string that held a token before it is freed.
 void Wipe(std::string& s) {
@@ -67,57 +57,16 @@ std::string Quote(absl::string_view text, absl::string_view token) {
   return out;
 }
 
-size_t AppendBody(char* data, size_t size, size_t nmemb, void* userdata) {
-  auto* body = static_cast<std::string*>(userdata);
-  const size_t n = size * nmemb;
-  if (body->size() + n > kMaxResponseBytes) return 0;  // aborts with CURLE_WRITE_ERROR
-  body->append(data, n);
-  return n;
-}
-
-// Reads the control plane's own token: the whole file, surrounding whitespace stripped.
-absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::UnavailableError(absl::StrCat(
-        "cannot read the control plane's own token file ", path, ": ", std::strerror(errno),
-        " (in a pod it is the service account token mounted at "
-        "/var/run/secrets/kubernetes.io/serviceaccount/token)"));
-  }
-  std::string content;
-  content.resize(kMaxTokenBytes + 1);
-  in.read(content.data(), static_cast<std::streamsize>(content.size()));
-  content.resize(static_cast<size_t>(in.gcount()));
-  if (content.size() > kMaxTokenBytes) {
-    Wipe(content);
-    return absl::UnavailableError(absl::StrCat("the control plane's own token file ", path,
-                                               " is larger than ", kMaxTokenBytes, " bytes"));
-  }
-  const absl::string_view stripped = absl::StripAsciiWhitespace(content);
-  std::string token(stripped);
-  Wipe(content);
-  if (token.empty()) {
-    return absl::UnavailableError(
-        absl::StrCat("the control plane's own token file ", path, " is empty"));
-  }
-  return token;
-}
-
 // The message of a Kubernetes Status object in an error answer, if there is one.
 std::string StatusMessage(const std::string& body, absl::string_view token) {
-  const nlohmann::json j = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
-  if (j.is_object()) {
-    auto it = j.find("message");
-    if (it != j.end() && it->is_string()) return Quote(it->get<std::string>(), token);
-  }
-  return "";
+  return Quote(kube::StatusMessage(body), token);
 }
 
 }  // namespace
 
-TokenReviewAuthenticator::TokenReviewAuthenticator(TokenReviewOptions options)
-    : options_(std::move(options)),
-      review_url_(absl::StrCat(options_.api_server_url, kReviewPath)) {}
+TokenReviewAuthenticator::TokenReviewAuthenticator(TokenReviewOptions options,
+                                                   std::unique_ptr<kube::KubeApiClient> api)
+    : options_(std::move(options)), api_(std::move(api)) {}
 
 absl::StatusOr<std::unique_ptr<TokenReviewAuthenticator>> TokenReviewAuthenticator::Create(
     TokenReviewOptions options) {
@@ -153,9 +102,17 @@ absl::StatusOr<std::unique_ptr<TokenReviewAuthenticator>> TokenReviewAuthenticat
     return absl::InvalidArgumentError("TokenReview: the request timeout must be positive");
   }
   if (!options.clock) options.clock = [] { return absl::Now(); };
-  CurlGlobalInit();
+  kube::KubeApiConfig config;
+  config.server_url = options.api_server_url;
+  config.ca_file = options.ca_file;
+  config.token_file = options.token_file;
+  config.request_timeout = options.request_timeout;
+  absl::StatusOr<std::unique_ptr<kube::KubeApiClient>> api =
+      kube::KubeApiClient::Create(std::move(config));
+  if (!api.ok())
+    return absl::InvalidArgumentError(absl::StrCat("TokenReview: ", api.status().message()));
   return std::unique_ptr<TokenReviewAuthenticator>(
-      new TokenReviewAuthenticator(std::move(options)));
+      new TokenReviewAuthenticator(std::move(options), *std::move(api)));
 }
 
 absl::StatusOr<TokenReviewOptions> TokenReviewAuthenticator::InClusterOptions(
@@ -229,11 +186,6 @@ void TokenReviewAuthenticator::CachePut(const std::string& key,
 }
 
 absl::StatusOr<AuthenticatedIdentity> TokenReviewAuthenticator::Review(absl::string_view token) {
-  absl::StatusOr<std::string> own_token = ReadTokenFile(options_.token_file);
-  if (!own_token.ok()) return own_token.status();
-  std::string authorization = absl::StrCat("Authorization: Bearer ", *own_token);
-  Wipe(*own_token);
-
   nlohmann::json review = {
       {"apiVersion", "authentication.k8s.io/v1"},
       {"kind", "TokenReview"},
@@ -241,77 +193,18 @@ absl::StatusOr<AuthenticatedIdentity> TokenReviewAuthenticator::Review(absl::str
   };
   std::string request_body = review.dump();
   Wipe(review["spec"]["token"].get_ref<std::string&>());
-
-  CURL* curl = curl_easy_init();
-  if (curl == nullptr) {
-    Wipe(authorization);
-    Wipe(request_body);
-    return absl::UnavailableError("TokenReview: curl_easy_init failed (out of memory?)");
-  }
-  curl_slist* headers = nullptr;
-  headers = curl_slist_append(headers, authorization.c_str());
-  headers = curl_slist_append(headers, "Content-Type: application/json");
-  headers = curl_slist_append(headers, "Accept: application/json");
-  Wipe(authorization);
-  std::string response_body;
-  char error_buffer[CURL_ERROR_SIZE] = {0};
-  absl::Cleanup cleanup = [&] {
-    curl_easy_cleanup(curl);
-    // curl_slist keeps its own copy of the Authorization header: wipe it too.
-    for (curl_slist* h = headers; h != nullptr; h = h->next) {
-      OPENSSL_cleanse(h->data, std::strlen(h->data));
-    }
-    curl_slist_free_all(headers);
-    Wipe(request_body);
-  };
-  const long timeout_ms = static_cast<long>(absl::ToInt64Milliseconds(options_.request_timeout));
-  curl_easy_setopt(curl, CURLOPT_URL, review_url_.c_str());
-  curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "https");
-  curl_easy_setopt(curl, CURLOPT_REDIR_PROTOCOLS_STR, "https");
-  curl_easy_setopt(curl, CURLOPT_FOLLOWLOCATION, 0L);
-  // Only the given CA: not the system store, not a proxy from the environment.
-  curl_easy_setopt(curl, CURLOPT_CAINFO, options_.ca_file.c_str());
-  curl_easy_setopt(curl, CURLOPT_CAPATH, nullptr);
-  curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, 1L);
-  curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 2L);
-  curl_easy_setopt(curl, CURLOPT_PROXY, "");
-  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, std::max(timeout_ms, 1L));
-  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, std::max(timeout_ms, 1L));
-  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
-  curl_easy_setopt(curl, CURLOPT_POST, 1L);
-  curl_easy_setopt(curl, CURLOPT_POSTFIELDS, request_body.data());
-  curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(request_body.size()));
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &AppendBody);
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &response_body);
-  curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, error_buffer);
-
   {
     absl::MutexLock lock(&mu_);
     ++requests_sent_;
   }
-  const CURLcode rc = curl_easy_perform(curl);
-  if (rc != CURLE_OK) {
-    const std::string why = error_buffer[0] != '\0' ? error_buffer : curl_easy_strerror(rc);
-    if (rc == CURLE_OPERATION_TIMEDOUT) {
-      return absl::UnavailableError(absl::StrCat(
-          "TokenReview: the API server at ", options_.api_server_url, " did not answer within ",
-          absl::FormatDuration(options_.request_timeout), " (", why, ")"));
-    }
-    if (rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CACERT_BADFILE) {
-      return absl::UnavailableError(
-          absl::StrCat("TokenReview: the API server's certificate at ", options_.api_server_url,
-                       " does not verify against the CA file ", options_.ca_file, " (", why, ")"));
-    }
-    if (rc == CURLE_WRITE_ERROR) {
-      return absl::UnavailableError(absl::StrCat(
-          "TokenReview: the API server's answer is larger than ", kMaxResponseBytes, " bytes"));
-    }
-    return absl::UnavailableError(absl::StrCat("TokenReview: cannot reach the API server at ",
-                                               options_.api_server_url, ": ", why));
+  absl::StatusOr<kube::KubeResponse> response = api_->Call("POST", kReviewPath, request_body);
+  Wipe(request_body);
+  if (!response.ok()) {
+    return absl::UnavailableError(
+        absl::StrCat("TokenReview: ", Quote(response.status().message(), token)));
   }
-  long http_status = 0;
-  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &http_status);
+  const long http_status = response->http_status;
+  const std::string& response_body = response->body;
 
   if (http_status == 401 || http_status == 403) {
     const std::string message = StatusMessage(response_body, token);

@@ -18,6 +18,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "control-plane/auth/authenticator.h"
+#include "control-plane/kube/kube_api.h"
 
 namespace trellis::control_plane {
 
@@ -83,7 +84,7 @@ class TokenReviewAuthenticator : public Authenticator {
   uint64_t requests_sent() const;
 
  private:
-  explicit TokenReviewAuthenticator(TokenReviewOptions options);
+  TokenReviewAuthenticator(TokenReviewOptions options, std::unique_ptr<kube::KubeApiClient> api);
 
   struct CacheEntry {
     AuthenticatedIdentity identity;
@@ -96,7 +97,8 @@ class TokenReviewAuthenticator : public Authenticator {
       ABSL_LOCKS_EXCLUDED(mu_);
 
   const TokenReviewOptions options_;
-  const std::string review_url_;
+  // The HTTPS client (the control plane's own token, only the given CA, timeouts).
+  const std::unique_ptr<kube::KubeApiClient> api_;
 
   mutable absl::Mutex mu_;
   // SHA-256 of the token (raw bytes) -> the identity it proved.

@@ -185,8 +185,9 @@ absl::StatusOr<KubeResponse> KubeApiClient::Call(absl::string_view method, absl:
     const std::string why = error_buffer[0] != '\0' ? error_buffer : curl_easy_strerror(rc);
     if (rc == CURLE_OPERATION_TIMEDOUT) {
       return absl::UnavailableError(
-          absl::StrCat("Kubernetes API: ", verb, " ", path, ": no answer from ", config_.server_url,
-                       " within ", absl::FormatDuration(config_.request_timeout), " (", why, ")"));
+          absl::StrCat("Kubernetes API: ", verb, " ", path, ": the API server at ",
+                       config_.server_url, " did not answer within ",
+                       absl::FormatDuration(config_.request_timeout), " (", why, ")"));
     }
     if (rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CACERT_BADFILE) {
       return absl::UnavailableError(
