@@ -196,14 +196,10 @@ void ExpectRenewal(const CpTestServer& server, const Workload& first,
   EXPECT_TRUE(identity::KeyMatchesCertificate(*next.key, new_chain[0]));
 }
 
-// BUG (control-plane/server/identity_service.cc, PeerChain): on the server side gRPC's
-// x509_pem_cert_chain property holds the chain the client sent WITHOUT its leaf (OpenSSL's
-// SSL_get_peer_cert_chain on a server), and a gRPC client always sends more than its leaf (the
-// intermediate, or the root OpenSSL auto-chains from its trust store). PeerChain takes that
-// chain's first certificate for the leaf, so every renewal is refused with "renewal certificate
-// refused (malformed_certificate): unsuitable certificate purpose at depth 0: CN=Trellis Test
-// Intermediate". Enable (with RefusesRenewalWithDeniedSerial and the renewal steps of
-// watch_test) once PeerChain takes the leaf from x509_pem_cert and only the rest from the chain.
+// On the server side gRPC's x509_pem_cert_chain property holds the chain the client sent WITHOUT
+// its leaf (OpenSSL's SSL_get_peer_cert_chain), and a gRPC client always sends more than its leaf;
+// PeerChain takes the leaf from x509_pem_cert and only the rest from the chain, so a renewal with
+// the issued chain (leaf + intermediate) succeeds.
 TEST_F(IdentityServiceTest, RenewsWithTheIssuedCertificateAsClientCertificate) {
   const std::string id = "spiffe://cluster.local/vm/edge-gw-2";
   const Workload first = NewWorkload();
