@@ -133,6 +133,11 @@ ABSL_FLAG(bool, mesh_configmap_sync, false,
           "configmaps create, get/update (k8s/rbac.yaml).");
 ABSL_FLAG(std::string, mesh_configmap_name, "trellis-mesh",
           "Name of the mesh ConfigMap injected proxies mount from their namespace.");
+ABSL_FLAG(std::string, webhook_configuration, "",
+          "With --mesh_configmap_sync: the MutatingWebhookConfiguration (e.g. "
+          "trellis-sidecar-injector) whose webhooks' caBundle the control plane keeps equal to "
+          "the live trust bundle, so the API server trusts its webhook certificate across root "
+          "rotations with no manual patch; empty: left alone.");
 ABSL_FLAG(absl::Duration, mesh_configmap_interval, absl::Seconds(5),
           "How often --mesh_configmap_sync looks for newly labelled namespaces (a trust bundle "
           "change is written at once; every copy is re-read each minute).");
@@ -396,6 +401,7 @@ int Run() {
     sync_options.trust_domain = trust_domain;
     sync_options.control_plane_address = absl::GetFlag(FLAGS_mesh_control_plane_address);
     sync_options.interval = absl::GetFlag(FLAGS_mesh_configmap_interval);
+    sync_options.webhook_configuration = absl::GetFlag(FLAGS_webhook_configuration);
     if (sync_options.interval <= absl::ZeroDuration()) {
       Die("bad --mesh_configmap_interval", absl::InvalidArgumentError("must be positive"));
     }

@@ -6,6 +6,7 @@
 
 #include "absl/hash/hash.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/log/json_log.h"
@@ -154,6 +155,59 @@ absl::StatusOr<MeshConfigMapSync::Result> MeshConfigMapSync::Reconcile(
                                          kAttempts, " attempts; retrying on the next pass"));
 }
 
+absl::StatusOr<MeshConfigMapSync::Result> MeshConfigMapSync::ReconcileWebhook(
+    const std::string& desired_pem) {
+  const std::string name = options_.webhook_configuration;
+  const std::string item =
+      absl::StrCat("/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/", name);
+  const std::string ca_bundle = absl::Base64Escape(desired_pem);
+  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+    absl::StatusOr<KubeResponse> got = api_->Call("GET", item, "");
+    if (!got.ok()) return got.status();
+    if (got->http_status == 404) {
+      return absl::NotFoundError(
+          absl::StrCat("MutatingWebhookConfiguration ", name,
+                       " does not exist: apply k8s/ (or fix --webhook_configuration)"));
+    }
+    if (got->http_status != 200) {
+      return HttpError(got->http_status,
+                       absl::StrCat("reading MutatingWebhookConfiguration ", name), got->body,
+                       "`get mutatingwebhookconfigurations` on " + name);
+    }
+    nlohmann::json object = nlohmann::json::parse(got->body, nullptr, /*allow_exceptions=*/false);
+    if (!object.is_object() || !object.contains("webhooks") || !object["webhooks"].is_array()) {
+      return absl::UnavailableError(absl::StrCat("reading MutatingWebhookConfiguration ", name,
+                                                 ": the answer has no webhooks list"));
+    }
+    bool changed = false;
+    for (nlohmann::json& webhook : object["webhooks"]) {
+      if (!webhook.is_object()) continue;
+      if (!webhook.contains("clientConfig") || !webhook["clientConfig"].is_object()) {
+        webhook["clientConfig"] = nlohmann::json::object();
+      }
+      nlohmann::json& client_config = webhook["clientConfig"];
+      if (StringAt(client_config, "caBundle") != ca_bundle) {
+        client_config["caBundle"] = ca_bundle;
+        changed = true;
+      }
+    }
+    if (!changed) return Result::kInSync;
+    absl::StatusOr<KubeResponse> put = api_->Call("PUT", item, object.dump());
+    if (!put.ok()) return put.status();
+    if (put->http_status == 200 || put->http_status == 201) return Result::kUpdated;
+    if (put->http_status == 409) {  // the other replica (or kubectl) wrote it: read again
+      absl::MutexLock lock(&mu_);
+      ++stats_.conflicts;
+      continue;
+    }
+    return HttpError(put->http_status, absl::StrCat("updating MutatingWebhookConfiguration ", name),
+                     put->body, "`update mutatingwebhookconfigurations` on " + name);
+  }
+  return absl::AbortedError(absl::StrCat("MutatingWebhookConfiguration ", name,
+                                         ": still conflicting after ", kAttempts,
+                                         " attempts; retrying on the next pass"));
+}
+
 absl::Status MeshConfigMapSync::SyncOnce() {
   const absl::Time now = options_.clock();
   const auto fail_pass = [&](const absl::Status& status) {
@@ -250,9 +304,28 @@ absl::Status MeshConfigMapSync::SyncOnce() {
   absl::erase_if(unmanaged_, [&](const std::string& ns) { return !seen.contains(ns); });
   absl::erase_if(warned_unmanaged_, [&](const std::string& ns) { return !seen.contains(ns); });
 
+  // The webhook's caBundle: one GET per pass, so a re-applied placeholder is repaired quickly.
+  uint64_t webhook_updates = 0, webhook_errors = 0;
+  if (!options_.webhook_configuration.empty()) {
+    absl::StatusOr<Result> result = ReconcileWebhook(pem);
+    if (!result.ok()) {
+      ++webhook_errors;
+      log::Error("webhook caBundle sync failed; retrying on the next pass",
+                 {{"webhook_configuration", options_.webhook_configuration},
+                  {"error", std::string(result.status().message())}});
+      if (first_error.ok()) first_error = result.status();
+    } else if (*result == Result::kUpdated) {
+      ++webhook_updates;
+      log::Info("webhook caBundle set to the live trust bundle",
+                {{"webhook_configuration", options_.webhook_configuration}});
+    }
+  }
+
   absl::MutexLock lock(&mu_);
   stats_.created += created;
   stats_.updated += updated;
+  stats_.webhook_updates += webhook_updates;
+  stats_.webhook_errors += webhook_errors;
   stats_.errors += errors;
   stats_.namespaces = static_cast<int64_t>(namespaces.size());
   stats_.unmanaged = static_cast<int64_t>(unmanaged_.size());
@@ -338,7 +411,11 @@ std::string MeshConfigMapSync::RenderMetrics() const {
       &out,
       "# HELP trellis_mesh_configmap_last_success_timestamp_seconds End of the last pass with no "
       "error (0: none yet).\n# TYPE trellis_mesh_configmap_last_success_timestamp_seconds gauge\n",
-      "trellis_mesh_configmap_last_success_timestamp_seconds ", s.last_success_unix, "\n");
+      "trellis_mesh_configmap_last_success_timestamp_seconds ", s.last_success_unix, "\n",
+      "# HELP trellis_webhook_ca_bundle_updates_total caBundle writes to the injection webhook's "
+      "configuration, by result.\n# TYPE trellis_webhook_ca_bundle_updates_total counter\n",
+      "trellis_webhook_ca_bundle_updates_total{result=\"ok\"} ", s.webhook_updates, "\n",
+      "trellis_webhook_ca_bundle_updates_total{result=\"error\"} ", s.webhook_errors, "\n");
   return out;
 }
 

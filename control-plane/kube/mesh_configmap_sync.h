@@ -16,8 +16,14 @@
 // touched, and a warning says how to hand it over. 409s (the other replica won the race) are
 // retried at once from a fresh GET, a few times.
 //
+// With `webhook_configuration` set, each pass also keeps the caBundle of every webhook in that
+// MutatingWebhookConfiguration equal to the live trust bundle (as istiod patches its injector's
+// caBundle): the API server trusts the control plane's webhook serving certificate from the
+// start and across root rotations, with no manual patch, and a re-applied placeholder is
+// repaired within one interval.
+//
 // RBAC this needs (k8s/rbac.yaml): namespaces list; configmaps create, and get/update on
-// resourceNames [trellis-mesh] only.
+// resourceNames [trellis-mesh] only; mutatingwebhookconfigurations get/update on the one name.
 
 #include <cstdint>
 #include <functional>
@@ -47,6 +53,8 @@ struct MeshConfigMapSyncOptions {
   std::string control_plane_address = "trellis-control-plane.trellis-system.svc:15012";
   // Time between passes (a bundle change wakes the loop at once: Notify()).
   absl::Duration interval = absl::Seconds(5);
+  // The MutatingWebhookConfiguration whose caBundles follow the bundle; empty: not managed.
+  std::string webhook_configuration;
   // Every namespace's ConfigMap is read again at least this often.
   absl::Duration resync = absl::Minutes(1);
   // Clock (tests inject a fake one).
@@ -64,6 +72,8 @@ struct MeshConfigMapSyncStats {
   int64_t namespaces = 0;         // labelled namespaces seen in the last successful list
   int64_t unmanaged = 0;          // of those, holding a ConfigMap of that name that is not ours
   int64_t last_success_unix = 0;  // end of the last pass with no error (0: none yet)
+  uint64_t webhook_updates = 0;   // caBundle writes to the webhook configuration
+  uint64_t webhook_errors = 0;    // failed webhook caBundle reconciles
 };
 
 class MeshConfigMapSync {
@@ -90,6 +100,8 @@ class MeshConfigMapSync {
  private:
   enum class Result { kInSync, kCreated, kUpdated, kUnmanaged };
   absl::StatusOr<Result> Reconcile(const std::string& ns, const std::string& desired_pem);
+  // The webhook configuration's caBundles: kInSync or kUpdated.
+  absl::StatusOr<Result> ReconcileWebhook(const std::string& desired_pem);
   void Loop();
 
   const MeshConfigMapSyncOptions options_;

@@ -12,12 +12,14 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "control-plane/kube/kube_api.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace trellis::control_plane::kube {
@@ -26,6 +28,8 @@ namespace {
 using nlohmann::json;
 
 constexpr char kSelectorQuery[] = "labelSelector=trellis.io%2Finject%3Denabled";
+constexpr char kWebhookPath[] =
+    "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/trellis-sidecar-injector";
 
 struct RecordedCall {
   std::string method, path;
@@ -80,6 +84,16 @@ class FakeApi : public KubeApi {
     absl::MutexLock lock(&mu_);
     unreachable_ = on;
   }
+  // The injector's MutatingWebhookConfiguration, stored like any object (resourceVersion).
+  void PutWebhookConfiguration(json object) {
+    absl::MutexLock lock(&mu_);
+    object["metadata"]["resourceVersion"] = std::to_string(++version_);
+    webhook_ = std::move(object);
+  }
+  json WebhookConfiguration() {
+    absl::MutexLock lock(&mu_);
+    return webhook_;
+  }
 
   absl::StatusOr<KubeResponse> Call(absl::string_view method, absl::string_view path,
                                     absl::string_view body) override {
@@ -109,6 +123,18 @@ class FakeApi : public KubeApi {
         items.push_back(item);
       }
       return KubeResponse{200, json{{"kind", "NamespaceList"}, {"items", items}}.dump()};
+    }
+    if (path == kWebhookPath) {
+      if (webhook_.is_null()) return KubeResponse{404, R"({"kind":"Status","reason":"NotFound"})"};
+      if (method == "GET") return KubeResponse{200, webhook_.dump()};
+      EXPECT_EQ(method, "PUT");
+      json object = json::parse(body);
+      if (object["metadata"]["resourceVersion"] != webhook_["metadata"]["resourceVersion"]) {
+        return KubeResponse{409, R"({"reason":"Conflict"})"};
+      }
+      object["metadata"]["resourceVersion"] = std::to_string(++version_);
+      webhook_ = object;
+      return KubeResponse{200, object.dump()};
     }
     // /api/v1/namespaces/NS/configmaps[/NAME]
     std::vector<std::string> parts = absl::StrSplit(path, '/');
@@ -154,6 +180,7 @@ class FakeApi : public KubeApi {
   std::function<void()> before_write_;
   std::vector<std::string> forbidden_;
   bool unreachable_ = false;
+  json webhook_;
   int version_ = 100;
 };
 
@@ -168,8 +195,9 @@ class MeshConfigMapSyncTest : public ::testing::Test {
     api_.AddNamespace("plain", false);
   }
 
-  std::unique_ptr<MeshConfigMapSync> Make() {
+  std::unique_ptr<MeshConfigMapSync> Make(const std::string& webhook_configuration = "") {
     MeshConfigMapSyncOptions options;
+    options.webhook_configuration = webhook_configuration;
     options.trust_domain = "example.org";
     options.control_plane_address = "cp.trellis-system.svc:15012";
     options.resync = absl::Minutes(1);
@@ -397,6 +425,68 @@ TEST_F(MeshConfigMapSyncTest, MetricsAreExported) {
         "# TYPE trellis_mesh_configmap_errors_total counter\n"}) {
     EXPECT_NE(m.find(want), std::string::npos) << want << "\n" << m;
   }
+}
+
+using ::testing::HasSubstr;
+
+json Injector(const std::string& ca_bundle) {
+  json webhook = {
+      {"name", "inject.trellis.io"},
+      {"clientConfig",
+       {{"service", {{"name", "trellis-control-plane"}, {"namespace", "trellis-system"}}},
+        {"caBundle", ca_bundle}}},
+      {"failurePolicy", "Fail"}};
+  return {{"apiVersion", "admissionregistration.k8s.io/v1"},
+          {"kind", "MutatingWebhookConfiguration"},
+          {"metadata", {{"name", "trellis-sidecar-injector"}}},
+          {"webhooks", json::array({webhook})}};
+}
+
+TEST_F(MeshConfigMapSyncTest, TheWebhookCaBundleFollowsTheLiveBundle) {
+  api_.PutWebhookConfiguration(Injector("UExBQ0VIT0xERVI="));  // the shipped placeholder
+  auto sync = Make("trellis-sidecar-injector");
+  ASSERT_TRUE(sync->SyncOnce().ok());
+  json injector = api_.WebhookConfiguration();
+  EXPECT_EQ(injector["webhooks"][0]["clientConfig"]["caBundle"], absl::Base64Escape(kRootA));
+  // Everything else is kept.
+  EXPECT_EQ(injector["webhooks"][0]["failurePolicy"], "Fail");
+  EXPECT_EQ(injector["webhooks"][0]["clientConfig"]["service"]["name"], "trellis-control-plane");
+  EXPECT_EQ(sync->stats().webhook_updates, 1u);
+
+  // In sync: read, never rewritten.
+  api_.ClearCalls();
+  ASSERT_TRUE(sync->SyncOnce().ok());
+  EXPECT_EQ(api_.Count("PUT"), 0);
+  // A root rotation reaches the caBundle on the next pass, as it reaches the ConfigMaps.
+  SetRoots(absl::StrCat(kRootA, kRootB));
+  ASSERT_TRUE(sync->SyncOnce().ok());
+  EXPECT_EQ(api_.WebhookConfiguration()["webhooks"][0]["clientConfig"]["caBundle"],
+            absl::Base64Escape(absl::StrCat(kRootA, kRootB)));
+  // A re-applied placeholder is repaired on the next pass, racing writers included.
+  api_.PutWebhookConfiguration(Injector("UExBQ0VIT0xERVI="));
+  api_.BeforeNextWrite([this] { api_.PutWebhookConfiguration(Injector("b3RoZXI=")); });
+  ASSERT_TRUE(sync->SyncOnce().ok());
+  EXPECT_EQ(api_.WebhookConfiguration()["webhooks"][0]["clientConfig"]["caBundle"],
+            absl::Base64Escape(absl::StrCat(kRootA, kRootB)));
+  EXPECT_THAT(sync->RenderMetrics(),
+              HasSubstr("trellis_webhook_ca_bundle_updates_total{result=\"ok\"} 3"));
+}
+
+TEST_F(MeshConfigMapSyncTest, AMissingOrForbiddenWebhookConfigurationFailsThePassClearly) {
+  auto sync = Make("trellis-sidecar-injector");
+  absl::Status missing = sync->SyncOnce();
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(missing.message(), HasSubstr("apply k8s/"));
+  EXPECT_TRUE(api_.HasConfigMap("shop")) << "the ConfigMaps are still synced";
+
+  api_.PutWebhookConfiguration(Injector("UExBQ0VIT0xERVI="));
+  api_.Forbid(absl::StrCat("PUT ", kWebhookPath));
+  absl::Status forbidden = sync->SyncOnce();
+  EXPECT_EQ(forbidden.code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_THAT(forbidden.message(), HasSubstr("update mutatingwebhookconfigurations"));
+  EXPECT_EQ(sync->stats().webhook_errors, 2u);
+  EXPECT_THAT(sync->RenderMetrics(),
+              HasSubstr("trellis_webhook_ca_bundle_updates_total{result=\"error\"} 2"));
 }
 
 TEST(KubeApiClientTest, RefusesPlainHttpAndPaths) {

@@ -212,7 +212,16 @@ can update configmaps/trellis-mesh -n some-namespace || fail "the control plane 
 ! can update configmaps/other -n some-namespace || fail "the control plane can update other ConfigMaps"
 ! can delete configmaps/trellis-mesh -n some-namespace || fail "the control plane can delete ConfigMaps"
 ! can create pods -n some-namespace || fail "the control plane can create pods"
-check "the service account's RBAC (k8s/rbac.yaml): tokenreviews, namespaces list, trellis-mesh only; no secrets, no deletes"
+can update mutatingwebhookconfigurations/trellis-sidecar-injector || fail "the control plane cannot update its webhook's caBundle"
+! can update mutatingwebhookconfigurations/other || fail "the control plane can update other webhook configurations"
+! can delete mutatingwebhookconfigurations/trellis-sidecar-injector || fail "the control plane can delete its webhook configuration"
+check "the service account's RBAC (k8s/rbac.yaml): tokenreviews, namespaces list, trellis-mesh and its own webhook's caBundle only; no secrets, no deletes"
+
+# The control plane keeps the caBundle itself (--webhook_configuration): put the placeholder back
+# (as a re-applied k8s/ would) and let it repair it once it runs.
+k patch mutatingwebhookconfiguration trellis-sidecar-injector --type=json \
+  -p "[{\"op\":\"replace\",\"path\":\"/webhooks/0/clientConfig/caBundle\",\"value\":\"$placeholder\"}]" >/dev/null \
+  || fail "cannot put the placeholder caBundle back"
 
 # --- 3. the control plane, with the Deployment's own args ---------------------------------------
 deploy() { k -n trellis-system get deployment trellis-control-plane -o go-template="$1"; }
@@ -317,6 +326,10 @@ check "2 trellis-control-plane replicas run with the Deployment's args: ${cp_arg
 for log in "$work"/cp[01].log; do
   ! grep -qF "$(cat "$work/sa/token")" "$log" || fail "the control plane logged its own token"
 done
+ca_bundle() { k get mutatingwebhookconfiguration trellis-sidecar-injector -o jsonpath='{.webhooks[0].clientConfig.caBundle}'; }
+bundle_is() { [[ "$(ca_bundle)" == "$(base64 -w0 "$1")" ]]; }
+wait_for 30 bundle_is "$ca/roots.crt" || fail "the control plane did not set the webhook's caBundle to roots.crt within 30 s"
+check "the control plane replaced the placeholder caBundle with the live trust bundle (--webhook_configuration)"
 
 # --- 4. Endpoints: the Service -> this host -----------------------------------------------------
 webhook_svc_port=$(k get mutatingwebhookconfiguration trellis-sidecar-injector -o jsonpath='{.webhooks[0].clientConfig.service.port}')
@@ -522,6 +535,9 @@ done
 ((updates >= 2)) || fail "expected at least 2 counted updates (meshed, late), got $updates"
 ! grep -q '"level":"error"' "$work/cp0.log" "$work/cp1.log" || fail "an error was logged: $(grep -h '"level":"error"' "$work"/cp[01].log | head -n 3)"
 check "after ca rotate prepare, trellis-mesh in every injected namespace holds both roots, other keys kept ($updates updates, $conflicts 409s between the replicas, 0 errors)"
+wait_for 30 bundle_is "$ca/roots.crt" || fail "the webhook's caBundle does not hold both roots 30 s after the rotation"
+grep -q '^trellis_webhook_ca_bundle_updates_total{result="error"} 0$' <<<"$(metrics 0)" || fail "webhook caBundle errors: $(metrics 0 | grep webhook_ca_bundle)"
+check "after ca rotate prepare, the webhook's caBundle holds both roots (the API server keeps trusting the webhook through the rotation)"
 
 # --- 9. failurePolicy Fail: with the control plane gone, meshed pods are refused ----------------
 for pid in "${cp_pids[@]}"; do stop_pid "$pid"; done
