@@ -208,12 +208,25 @@ absl::StatusOr<MeshConfigMapSync::Result> MeshConfigMapSync::ReconcileWebhook(
                                          " attempts; retrying on the next pass"));
 }
 
+bool MeshConfigMapSync::ShouldLogFailure(const std::string& what, absl::string_view message,
+                                         absl::Time now) {
+  auto it = logged_failures_.find(what);
+  if (it != logged_failures_.end() && it->second.message == message &&
+      now - it->second.at < absl::Minutes(1)) {
+    return false;
+  }
+  logged_failures_[what] = LoggedFailure{std::string(message), now};
+  return true;
+}
+
 absl::Status MeshConfigMapSync::SyncOnce() {
   const absl::Time now = options_.clock();
   const auto fail_pass = [&](const absl::Status& status) {
-    log::Error(
-        "mesh ConfigMap sync: cannot list the injected namespaces; retrying",
-        {{"selector", options_.namespace_selector}, {"error", std::string(status.message())}});
+    if (ShouldLogFailure("list", status.message(), now)) {
+      log::Error(
+          "mesh ConfigMap sync: cannot list the injected namespaces; retrying",
+          {{"selector", options_.namespace_selector}, {"error", std::string(status.message())}});
+    }
     absl::MutexLock lock(&mu_);
     ++stats_.errors;
     ++stats_.passes_failed;
@@ -240,6 +253,7 @@ absl::Status MeshConfigMapSync::SyncOnce() {
   if (!list.is_object() || !list.contains("items") || !list["items"].is_array()) {
     return fail_pass(absl::UnavailableError("listing namespaces: the answer is not a list"));
   }
+  logged_failures_.erase("list");
   std::vector<std::string> namespaces;
   for (const nlohmann::json& item : list["items"]) {
     if (!item.is_object() || !item.contains("metadata")) continue;
@@ -266,14 +280,17 @@ absl::Status MeshConfigMapSync::SyncOnce() {
     if (!result.ok()) {
       ++errors;
       known_.erase(ns);
-      log::Error("mesh ConfigMap sync failed for a namespace; retrying on the next pass",
-                 {{"namespace", ns},
-                  {"configmap", options_.configmap_name},
-                  {"error", std::string(result.status().message())}});
+      if (ShouldLogFailure("namespace/" + ns, result.status().message(), now)) {
+        log::Error("mesh ConfigMap sync failed for a namespace; retrying on the next pass",
+                   {{"namespace", ns},
+                    {"configmap", options_.configmap_name},
+                    {"error", std::string(result.status().message())}});
+      }
       if (first_error.ok()) first_error = result.status();
       continue;
     }
     known_[ns] = Known{content_hash, now};
+    logged_failures_.erase("namespace/" + ns);
     if (*result == Result::kUnmanaged) {
       unmanaged_.insert(ns);
       if (warned_unmanaged_.insert(ns).second) {
@@ -310,11 +327,16 @@ absl::Status MeshConfigMapSync::SyncOnce() {
     absl::StatusOr<Result> result = ReconcileWebhook(pem);
     if (!result.ok()) {
       ++webhook_errors;
-      log::Error("webhook caBundle sync failed; retrying on the next pass",
-                 {{"webhook_configuration", options_.webhook_configuration},
-                  {"error", std::string(result.status().message())}});
+      if (ShouldLogFailure("webhook", result.status().message(), now)) {
+        log::Error("webhook caBundle sync failed; retrying on the next pass",
+                   {{"webhook_configuration", options_.webhook_configuration},
+                    {"error", std::string(result.status().message())}});
+      }
       if (first_error.ok()) first_error = result.status();
-    } else if (*result == Result::kUpdated) {
+    } else {
+      logged_failures_.erase("webhook");
+    }
+    if (result.ok() && *result == Result::kUpdated) {
       ++webhook_updates;
       log::Info("webhook caBundle set to the live trust bundle",
                 {{"webhook_configuration", options_.webhook_configuration}});

@@ -103,6 +103,9 @@ class MeshConfigMapSync {
   // The webhook configuration's caBundles: kInSync or kUpdated.
   absl::StatusOr<Result> ReconcileWebhook(const std::string& desired_pem);
   void Loop();
+  // Whether to log a failure of `what` now: a new message, or the same one a minute later (a
+  // broken namespace would otherwise repeat its line every pass). Success forgets `what`.
+  bool ShouldLogFailure(const std::string& what, absl::string_view message, absl::Time now);
 
   const MeshConfigMapSyncOptions options_;
   KubeApi* const api_;
@@ -116,6 +119,11 @@ class MeshConfigMapSync {
   absl::flat_hash_map<std::string, Known> known_;
   absl::flat_hash_set<std::string> warned_unmanaged_;
   absl::flat_hash_set<std::string> unmanaged_;
+  struct LoggedFailure {
+    std::string message;
+    absl::Time at;
+  };
+  absl::flat_hash_map<std::string, LoggedFailure> logged_failures_;
 
   mutable absl::Mutex mu_;
   MeshConfigMapSyncStats stats_ ABSL_GUARDED_BY(mu_);

@@ -5,7 +5,11 @@
 
 #include "control-plane/kube/mesh_configmap_sync.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -18,6 +22,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "common/log/json_log.h"
 #include "control-plane/kube/kube_api.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -368,6 +373,34 @@ TEST_F(MeshConfigMapSyncTest, OneFailingNamespaceDoesNotStopTheOthers) {
   EXPECT_TRUE(absl::StrContains(s.message(), "`create configmaps`")) << s;
   EXPECT_TRUE(api_.HasConfigMap("shop"));
   EXPECT_EQ(sync->stats().errors, 1u);
+}
+
+TEST_F(MeshConfigMapSyncTest, ARepeatingFailureIsLoggedOncePerMinute) {
+  const std::string log_path = ::testing::TempDir() + "/sync.log";
+  const int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  ASSERT_GE(fd, 0);
+  log::SetOutputFd(fd);
+  api_.Forbid("POST /api/v1/namespaces/billing/");
+  auto sync = Make();
+  const auto lines = [&] {
+    std::ifstream in(log_path);
+    int n = 0;
+    for (std::string line; std::getline(in, line);) {
+      n += absl::StrContains(line, "failed for a namespace") && absl::StrContains(line, "billing");
+    }
+    return n;
+  };
+  for (int pass = 0; pass < 5; ++pass) {
+    EXPECT_FALSE(sync->SyncOnce().ok());
+    Advance(absl::Seconds(5));
+  }
+  EXPECT_EQ(lines(), 1) << "the same failure every pass is logged once";
+  EXPECT_EQ(sync->stats().errors, 5u) << "but counted every time";
+  Advance(absl::Minutes(1));
+  EXPECT_FALSE(sync->SyncOnce().ok());
+  EXPECT_EQ(lines(), 2) << "and again a minute later";
+  log::SetOutputFd(2);
+  close(fd);
 }
 
 TEST_F(MeshConfigMapSyncTest, AnUnreachableApiServerFailsThePassAndWritesNothing) {
