@@ -30,8 +30,6 @@ import urllib.request
 PROXY = os.path.abspath(sys.argv[1])
 WORK = tempfile.mkdtemp(prefix="app_probes_test.", dir=os.environ.get("TEST_TMPDIR", "/tmp"))
 STARTUP_TIMEOUT = 30.0
-FAILURES = []
-PROCESSES = []
 RELEASE = threading.Event()  # lets /slow requests of the app finish
 
 for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
@@ -39,42 +37,13 @@ for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy
 URLOPEN = urllib.request.build_opener(urllib.request.ProxyHandler({})).open
 
 
-def check(condition, message):
-    if condition:
-        print(f"ok: {message}", flush=True)
-    else:
-        print(f"FAIL: {message}", file=sys.stderr, flush=True)
-        FAILURES.append(message)
-    return bool(condition)
-
-
-def kill_all():
-    RELEASE.set()
-    for proc in PROCESSES:
-        if proc.poll() is None:
-            proc.kill()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-
-
-def on_signal(signum, _frame):
-    kill_all()
-    sys.exit(128 + signum)
-
-
-for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-    signal.signal(s, on_signal)
-
-
-def wait_for(predicate, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import harness  # noqa: E402 pylint: disable=wrong-import-position
+from harness import (FAILURES, PROCESSES, Fatal, check, fail, kill_all,  # noqa: E402,F401 pylint: disable=wrong-import-position,unused-import
+                     log_entries, wait_for)
+harness.install_signal_handlers()
+harness.print_ok()
+harness.before_kill(RELEASE.set)
 
 
 class App(http.server.BaseHTTPRequestHandler):
@@ -114,20 +83,6 @@ def self_signed():
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(crt, key)
     return context
-
-
-def log_entries(log_path):
-    entries = []
-    try:
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    entries.append(json.loads(line))
-                except ValueError:
-                    pass
-    except FileNotFoundError:
-        pass
-    return [e for e in entries if isinstance(e, dict)]
 
 
 def start_proxy(name, env_probes, extra=()):

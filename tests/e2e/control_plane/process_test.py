@@ -45,43 +45,11 @@ COMMAND_TIMEOUT = 60.0
 SHUTDOWN_GRACE_SECONDS = 3
 SPIFFE_SERVING_ID = "spiffe://cluster.local/ns/trellis-system/sa/trellis-control-plane"
 
-FAILURES = []
-PROCESSES = []
-
-
-def fail(message):
-    print(f"FAIL: {message}", file=sys.stderr, flush=True)
-    FAILURES.append(message)
-
-
-def check(condition, message):
-    if not condition:
-        fail(message)
-    return bool(condition)
-
-
-class Fatal(Exception):
-    """A failure after which the rest of the test cannot run."""
-
-
-def kill_all():
-    for proc in PROCESSES:
-        if proc.poll() is None:
-            try:
-                proc.kill()
-                proc.wait(timeout=10)
-            except Exception:  # pylint: disable=broad-except
-                pass
-
-
-def on_signal(signum, _frame):
-    kill_all()
-    sys.exit(128 + signum)
-
-
-signal.signal(signal.SIGTERM, on_signal)
-signal.signal(signal.SIGINT, on_signal)
-signal.signal(signal.SIGHUP, on_signal)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import harness  # noqa: E402 pylint: disable=wrong-import-position
+from harness import (FAILURES, PROCESSES, Fatal, check, fail, kill_all,  # noqa: E402,F401 pylint: disable=wrong-import-position,unused-import
+                     log_entries, wait_for)
+harness.install_signal_handlers()
 
 
 def path(*parts):
@@ -111,16 +79,6 @@ def write_file(file_path, text, mode=None):
         f.write(text)
     if mode is not None:
         os.chmod(file_path, mode)
-
-
-def wait_for(predicate, timeout, interval=0.1):
-    """Polls predicate() until it returns a true value or timeout seconds pass; returns it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
 
 
 def log_lines(text):

@@ -48,45 +48,12 @@ COMMAND_TIMEOUT = 20.0
 DRAIN_TIMEOUT = 8.0  # --drain_timeout of the inbound proxy
 SLOW_CHUNKS, SLOW_GAP = 6, 0.5  # the slow response takes 3 s
 
-FAILURES = []
-PROCESSES = []
-
-
-def fail(message):
-    print(f"FAIL: {message}", file=sys.stderr, flush=True)
-    FAILURES.append(message)
-
-
-def check(condition, message):
-    if condition:
-        print(f"ok: {message}", flush=True)
-    else:
-        fail(message)
-    return bool(condition)
-
-
-class Fatal(Exception):
-    """A failure after which the rest of the test cannot run."""
-
-
-def kill_all():
-    for proc in PROCESSES:
-        if proc.poll() is None:
-            try:
-                proc.kill()
-                proc.wait(timeout=10)
-            except Exception:  # pylint: disable=broad-except
-                pass
-
-
-def on_signal(signum, _frame):
-    kill_all()
-    sys.exit(128 + signum)
-
-
-signal.signal(signal.SIGTERM, on_signal)
-signal.signal(signal.SIGINT, on_signal)
-signal.signal(signal.SIGHUP, on_signal)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import harness  # noqa: E402 pylint: disable=wrong-import-position
+from harness import (FAILURES, PROCESSES, Fatal, check, fail, kill_all,  # noqa: E402,F401 pylint: disable=wrong-import-position,unused-import
+                     log_entries, wait_for)
+harness.install_signal_handlers()
+harness.print_ok()
 
 # Neither urllib nor curl may go through a proxy from the environment.
 for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
@@ -114,18 +81,6 @@ def must(args):
         raise Fatal(f"{' '.join(args)}: exit {rc}: {err}")
     return out
 
-
-def wait_for(predicate, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
-
-
-# ---------------------------------------------------------------------------------------------
-# Certificates (openssl CLI, as tests/e2e/netns does).
 
 def mint_root():
     key, crt = path("root.key"), path("root.pem")
@@ -193,22 +148,6 @@ def start_app():
 
 # ---------------------------------------------------------------------------------------------
 # Proxies.
-
-def log_entries(log_path):
-    entries = []
-    try:
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(entry, dict):
-                    entries.append(entry)
-    except FileNotFoundError:
-        pass
-    return entries
-
 
 class Proxy:
     def __init__(self, name, cert, key, bundle, listeners, extra=()):

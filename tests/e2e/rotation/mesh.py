@@ -10,7 +10,6 @@ Topology (all on 127.0.0.1, every port picked by the kernel through :0):
 Every wait is bounded; every started process is killed when the test exits (atexit and signals).
 """
 
-import atexit
 import json
 import os
 import signal
@@ -30,56 +29,17 @@ SERVER_ID = f"spiffe://{TRUST_DOMAIN}/ns/e2e/sa/server"
 STARTUP_TIMEOUT = 60.0
 COMMAND_TIMEOUT = 60.0
 
-FAILURES = []
-PROCESSES = []
 
 
 def log(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def fail(message):
-    print(f"FAIL: {message}", file=sys.stderr, flush=True)
-    FAILURES.append(message)
-
-
-def check(condition, message):
-    if not condition:
-        fail(message)
-    return bool(condition)
-
-
-class Fatal(Exception):
-    """A failure after which the rest of the test cannot run."""
-
-
-def kill_all():
-    for proc in PROCESSES:
-        if proc.poll() is None:
-            try:
-                proc.kill()
-                proc.wait(timeout=10)
-            except Exception:  # pylint: disable=broad-except
-                pass
-
-
-def _on_signal(signum, _frame):
-    kill_all()
-    os._exit(128 + signum)  # pylint: disable=protected-access
-
-
-atexit.register(kill_all)
-for _sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-    signal.signal(_sig, _on_signal)
-
-
-def wait_for(predicate, timeout, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import harness  # noqa: E402 pylint: disable=wrong-import-position
+from harness import (FAILURES, PROCESSES, Fatal, check, fail, kill_all,  # noqa: E402,F401 pylint: disable=wrong-import-position,unused-import
+                     log_entries, wait_for)
+harness.install_signal_handlers(hard_exit=True)
 
 
 def run(args, timeout=COMMAND_TIMEOUT, env=None):
