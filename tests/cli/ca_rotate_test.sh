@@ -9,36 +9,9 @@ command -v openssl >/dev/null 2>&1 || {
   echo "FAIL: openssl is not on PATH: install openssl (scripts/test does)" >&2
   exit 1
 }
-WORK="$(mktemp -d "${TEST_TMPDIR:-/tmp}/ca_rotate_test.XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-FAILURES=0
-
-fail() {
-  echo "FAIL: $*" >&2
-  FAILURES=$((FAILURES + 1))
-}
-
-# Runs trellisctl (bounded), keeping stdout, stderr and the exit code.
-run() {
-  timeout 120 "$TRELLISCTL" "$@" >"$WORK/out" 2>"$WORK/err"
-  RC=$?
-}
-
-expect_rc() {  # expect_rc WANT WHAT
-  if [ "$RC" -ne "$1" ]; then
-    fail "$2: exit code $RC, want $1; stdout: $(cat "$WORK/out"); stderr: $(cat "$WORK/err")"
-  fi
-}
-
-expect_in() {  # expect_in FILE TEXT WHAT
-  if ! grep -qF -- "$2" "$1"; then
-    fail "$3: \"$2\" not in $(basename "$1"): $(cat "$1")"
-  fi
-}
-
-mode_of() { stat -c %a "$1"; }
+TEST_NAME=ca_rotate_test
+# shellcheck source=tests/cli/cli_test_lib.sh
+. "$(dirname "$0")/cli_test_lib.sh"
 
 # Number of certificates in a PEM file.
 cert_count() { grep -c -- "-----BEGIN CERTIFICATE-----" "$1"; }
@@ -264,8 +237,4 @@ run --help
 expect_rc 0 "trellisctl --help"
 expect_in "$WORK/out" "ca rotate" "trellisctl --help lists ca rotate"
 
-if [ "$FAILURES" -ne 0 ]; then
-  echo "$FAILURES check(s) failed" >&2
-  exit 1
-fi
-echo "PASS"
+finish

@@ -5,39 +5,14 @@
 set -u
 
 TRELLISCTL="$1"
-WORK="$(mktemp -d "${TEST_TMPDIR:-/tmp}/join_token_test.XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-FAILURES=0
-
-fail() {
-  echo "FAIL: $*" >&2
-  FAILURES=$((FAILURES + 1))
-}
-
-run() {
-  timeout 60 "$TRELLISCTL" "$@" >"$WORK/out" 2>"$WORK/err"
-  RC=$?
-}
-
-expect_rc() {  # expect_rc WANT WHAT
-  if [ "$RC" -ne "$1" ]; then
-    fail "$2: exit code $RC, want $1; stdout: $(cat "$WORK/out"); stderr: $(cat "$WORK/err")"
-  fi
-}
-
-expect_in() {  # expect_in FILE TEXT WHAT
-  if ! grep -qF -- "$2" "$1"; then
-    fail "$3: \"$2\" not in $(basename "$1"): $(cat "$1")"
-  fi
-}
+TEST_NAME=join_token_test
+CLI_TIMEOUT=60
+# shellcheck source=tests/cli/cli_test_lib.sh
+. "$(dirname "$0")/cli_test_lib.sh"
 
 expect_no_stdout() {  # expect_no_stdout WHAT
   [ -s "$WORK/out" ] && fail "$1: printed on stdout (a failed create must not print a token): $(cat "$WORK/out")"
 }
-
-mode_of() { stat -c %a "$1"; }
 
 # Lowercase hex SHA-256 of a string, as the tokens file stores it.
 sha256_hex() { printf %s "$1" | sha256sum | cut -d' ' -f1; }
@@ -182,8 +157,4 @@ run --help
 expect_rc 0 "--help"
 expect_in "$WORK/out" "join-token create" "trellisctl --help lists join-token create"
 
-if [ "$FAILURES" -ne 0 ]; then
-  echo "$FAILURES check(s) failed" >&2
-  exit 1
-fi
-echo "PASS"
+finish

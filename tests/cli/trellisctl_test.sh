@@ -4,35 +4,9 @@
 set -u
 
 TRELLISCTL="$1"
-WORK="${TEST_TMPDIR:-/tmp}/trellisctl_test.$$"
-rm -rf "$WORK"
-mkdir -p "$WORK"
-FAILURES=0
-
-fail() {
-  echo "FAIL: $*" >&2
-  FAILURES=$((FAILURES + 1))
-}
-
-# Runs trellisctl, keeping stdout, stderr and the exit code.
-run() {
-  "$TRELLISCTL" "$@" >"$WORK/out" 2>"$WORK/err"
-  RC=$?
-}
-
-expect_rc() {  # expect_rc WANT WHAT
-  if [ "$RC" -ne "$1" ]; then
-    fail "$2: exit code $RC, want $1; stderr: $(cat "$WORK/err")"
-  fi
-}
-
-expect_in() {  # expect_in FILE TEXT WHAT
-  if ! grep -qF -- "$2" "$1"; then
-    fail "$3: \"$2\" not in $(basename "$1"): $(cat "$1")"
-  fi
-}
-
-mode_of() { stat -c %a "$1"; }
+TEST_NAME=trellisctl_test
+# shellcheck source=tests/cli/cli_test_lib.sh
+. "$(dirname "$0")/cli_test_lib.sh"
 
 # --- ca init ---
 CA="$WORK/ca"
@@ -109,9 +83,4 @@ run
 expect_rc 2 "no command"
 [ -e "$WORK/x" ] && fail "a usage error still created a directory"
 
-rm -rf "$WORK"
-if [ "$FAILURES" -ne 0 ]; then
-  echo "$FAILURES check(s) failed" >&2
-  exit 1
-fi
-echo "PASS"
+finish
