@@ -69,7 +69,8 @@ ABSL_FLAG(int64_t, max_connections, 100000, "Connections open at once, over all 
 ABSL_FLAG(absl::Duration, connect_timeout, absl::Seconds(5), "Upstream TCP connect timeout.");
 ABSL_FLAG(absl::Duration, handshake_timeout, absl::Seconds(10), "TLS handshake timeout.");
 ABSL_FLAG(absl::Duration, idle_timeout, absl::Hours(1), "Close connections idle this long.");
-ABSL_FLAG(int64_t, buffer_bytes, 16384, "Relay buffer per direction per connection.");
+ABSL_FLAG(int64_t, buffer_bytes, 65536,
+          "Relay buffer per direction per connection, held only while bytes wait in it.");
 ABSL_FLAG(bool, close_on_peer_expiry, false,
           "Close a connection when the peer certificate it was opened with passes its notAfter. "
           "Off by default: rotation must not cut connections that were verified when opened "

@@ -98,6 +98,17 @@ absl::StatusOr<std::shared_ptr<const TlsContext>> TlsContext::Create(TlsContextO
   if (SSL_CTX_set1_curves_list(s, "X25519:P-256") != 1) {
     return crypto::OpenSslInternalError("cannot set the key-exchange groups");
   }
+  // TLS 1.3 suites, AES-128-GCM first (as BoringSSL and Go order them on CPUs with AES
+  // instructions): the same AEAD strength class for this purpose, and a quarter less CPU per byte
+  // relayed than OpenSSL's default first choice, AES-256-GCM. Inbound, our order decides.
+  // (BoringSSL already orders them so and has no setting for it.)
+#ifndef OPENSSL_IS_BORINGSSL
+  if (SSL_CTX_set_ciphersuites(
+          s, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256") != 1) {
+    return crypto::OpenSslInternalError("cannot set the TLS 1.3 cipher suites");
+  }
+#endif
+  SSL_CTX_set_options(s, SSL_OP_CIPHER_SERVER_PREFERENCE);
   if (opts.allow_tls12 &&
       SSL_CTX_set_cipher_list(s,
                               "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"

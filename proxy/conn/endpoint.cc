@@ -5,6 +5,7 @@
 #include <openssl/ssl.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -13,6 +14,10 @@
 
 namespace trellis::proxy {
 namespace {
+
+// Four full TLS records with their headers and the largest AEAD expansion.
+constexpr size_t kTlsReadBufferBytes =
+    4 * (SSL3_RT_HEADER_LENGTH + SSL3_RT_MAX_PLAIN_LENGTH + SSL3_RT_MAX_ENCRYPTED_OVERHEAD);
 
 int EndpointIndex() {
   static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
@@ -48,9 +53,136 @@ long SocketBioCallback(BIO* bio, int oper, const char* /*argp*/, size_t len, int
 }
 #endif
 
+// The coalescing write BIO: records go into the endpoint's pending block; BIO_flush (which
+// OpenSSL calls for a close_notify) and Endpoint::Flush send them.
+int CoalescingBioWrite(BIO* bio, const char* data, int len) {
+  BIO_clear_retry_flags(bio);
+  auto* endpoint = static_cast<Endpoint*>(BIO_get_data(bio));
+  if (endpoint == nullptr || len < 0) return -1;
+  bool retry = false;
+  const int r = endpoint->BufferTlsRecords(data, static_cast<size_t>(len), &retry);
+  if (retry) BIO_set_retry_write(bio);
+  return r;
+}
+
+long CoalescingBioCtrl(BIO* bio, int cmd, long /*num*/, void* /*ptr*/) {
+  if (cmd != BIO_CTRL_FLUSH) return 0;
+  BIO_clear_retry_flags(bio);
+  auto* endpoint = static_cast<Endpoint*>(BIO_get_data(bio));
+  if (endpoint == nullptr) return 1;
+  std::string error;
+  switch (endpoint->Flush(&error)) {
+    case Endpoint::Io::kDone:
+      return 1;
+    case Endpoint::Io::kAgain:
+      BIO_set_retry_write(bio);
+      return 0;
+    default:
+      return -1;
+  }
+}
+
+int CoalescingBioCreate(BIO* bio) {
+  BIO_set_init(bio, 1);
+  return 1;
+}
+
+const BIO_METHOD* CoalescingBioMethod() {
+  // Created once and never freed: a process-lifetime table, like OpenSSL's own BIO methods.
+  static const BIO_METHOD* const method = [] {
+    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "trellis-coalesce");
+    if (m == nullptr) return static_cast<BIO_METHOD*>(nullptr);
+    BIO_meth_set_write(m, CoalescingBioWrite);
+    BIO_meth_set_ctrl(m, CoalescingBioCtrl);
+    BIO_meth_set_create(m, CoalescingBioCreate);
+    return m;
+  }();
+  return method;
+}
+
 }  // namespace
 
 Endpoint::~Endpoint() { Close(); }
+
+size_t Endpoint::TlsRecordBlockBytes(size_t plaintext_bytes) {
+  const size_t records =
+      (plaintext_bytes + SSL3_RT_MAX_PLAIN_LENGTH - 1) / SSL3_RT_MAX_PLAIN_LENGTH;
+  return plaintext_bytes +
+         std::max<size_t>(records, 1) * (SSL3_RT_HEADER_LENGTH + SSL3_RT_MAX_ENCRYPTED_OVERHEAD);
+}
+
+void Endpoint::CoalesceTlsWrites(BufferPool* pool) {
+  if (tls_ == nullptr || tls_out_ != nullptr || CoalescingBioMethod() == nullptr) return;
+  BIO* bio = BIO_new(CoalescingBioMethod());
+  if (bio == nullptr) return;  // keep writing through the socket BIO: slower, still correct
+  BIO_set_data(bio, this);
+  tls_out_ = std::make_unique<RelayBuffer>(pool);
+  SSL_set0_wbio(tls_->ssl(), bio);  // the SSL owns it now
+}
+
+int Endpoint::BufferTlsRecords(const char* data, size_t len, bool* retry) {
+  RelayBuffer& out = *tls_out_;
+  if (!out.empty()) {
+    out.WritePtr();
+    if (out.WritableBytes() < len) {
+      // No room behind what waits: send it first, and take the record only once all is gone,
+      // so the socket sees the records in order.
+      std::string error;
+      const Io flushed = Flush(&error);
+      if (flushed == Io::kAgain) *retry = true;
+      if (flushed != Io::kDone) return -1;
+    }
+  }
+  if (len > out.capacity()) {
+    // Only with a block smaller than a record (a tiny --buffer_bytes): send it as it is.
+    for (;;) {
+      const ssize_t r = send(fd_.get(), data, len, MSG_NOSIGNAL);
+      if (r >= 0) {
+        if (static_cast<size_t>(r) < len) socket_write_full_ = true;
+        if (r == 0) *retry = true;
+        return r > 0 ? static_cast<int>(r) : -1;
+      }
+      if (errno == EINTR) continue;
+      socket_write_full_ = true;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        *retry = true;
+      } else {
+        send_errno_ = errno;
+      }
+      return -1;
+    }
+  }
+  std::memcpy(out.WritePtr(), data, len);
+  out.Commit(len);
+  return static_cast<int>(len);
+}
+
+Endpoint::Io Endpoint::Flush(std::string* error) {
+  while (has_pending_output()) {
+    const ssize_t r = send(fd_.get(), tls_out_->ReadPtr(), tls_out_->size(), MSG_NOSIGNAL);
+    if (r > 0) {
+      const bool partial = static_cast<size_t>(r) < tls_out_->size();
+      tls_out_->Consume(static_cast<size_t>(r));
+      if (partial) {
+        // The send buffer is full; EPOLLOUT announces room again.
+        socket_write_full_ = true;
+        writable_ = false;
+        return Io::kAgain;
+      }
+      continue;
+    }
+    if (r < 0 && errno == EINTR) continue;
+    if (r == 0 || errno == EAGAIN || errno == EWOULDBLOCK) {
+      socket_write_full_ = true;
+      writable_ = false;
+      return Io::kAgain;
+    }
+    send_errno_ = errno;
+    *error = absl::StrCat("write: ", std::strerror(errno));
+    return Io::kError;
+  }
+  return Io::kDone;
+}
 
 void Endpoint::Attach(UniqueFd fd) {
   fd_ = std::move(fd);
@@ -70,6 +202,11 @@ void Endpoint::AttachTls(std::unique_ptr<tls::TlsSession> session) {
   // one read for each record header and one for each body; buffered records are still returned
   // by later SSL_read calls, and the relay's short-read check below consults SSL_has_pending().
   SSL_set_read_ahead(ssl, 1);
+#ifndef OPENSSL_IS_BORINGSSL
+  // Room for several full records, so one socket read can fill a large relay buffer. With
+  // SSL_MODE_RELEASE_BUFFERS the buffer exists only while it holds bytes.
+  SSL_set_default_read_buffer_len(ssl, kTlsReadBufferBytes);
+#endif
   SSL_set_ex_data(ssl, EndpointIndex(), this);
   SSL_set_info_callback(ssl, InfoCallback);
 #ifndef OPENSSL_IS_BORINGSSL
@@ -88,7 +225,8 @@ void Endpoint::Close() {
     if (BIO* bio = SSL_get_rbio(tls_->ssl()); bio != nullptr) BIO_set_callback_ex(bio, nullptr);
 #endif
   }
-  tls_.reset();
+  tls_.reset();  // frees the coalescing BIO, which points at this endpoint
+  tls_out_.reset();
   fd_.Reset();
 }
 
@@ -160,6 +298,7 @@ Endpoint::Io Endpoint::Read(char* buf, size_t len, size_t* n, std::string* error
 
 Endpoint::Io Endpoint::Write(const char* buf, size_t len, size_t* n, std::string* error) {
   *n = 0;
+  if (tls_ != nullptr && tls_out_ != nullptr) return WriteCoalesced(buf, len, n, error);
   if (tls_ != nullptr) {
     errno = 0;
     switch (tls_->Write(buf, len, n)) {
@@ -200,6 +339,51 @@ Endpoint::Io Endpoint::Write(const char* buf, size_t len, size_t* n, std::string
   }
 }
 
+Endpoint::Io Endpoint::WriteCoalesced(const char* buf, size_t len, size_t* n, std::string* error) {
+  // Records left from an earlier write go first.
+  if (const Io flushed = Flush(error); flushed != Io::kDone) return flushed;
+  // SSL_write returns after each record in partial-write mode: take records until the block is
+  // full (the BIO then asks for a retry) or the plaintext is used up, then send them at once.
+  size_t total = 0;
+  Io result = Io::kDone;
+  while (total < len) {
+    errno = 0;
+    size_t k = 0;
+    const tls::IoAction action = tls_->Write(buf + total, len - total, &k);
+    if (action == tls::IoAction::kDone) {
+      total += k;
+      continue;
+    }
+    if (action == tls::IoAction::kWantWrite) {
+      write_needs_read_ = false;
+      if (total == 0) {
+        writable_ = false;
+        result = Io::kAgain;
+      }
+    } else if (action == tls::IoAction::kWantRead) {
+      if (total == 0) {
+        write_needs_read_ = true;
+        readable_ = false;
+        result = Io::kAgain;
+      }
+    } else {
+      const int saved = send_errno_ != 0 ? send_errno_ : errno;
+      *error = absl::StrCat("TLS write failed",
+                            saved != 0 ? absl::StrCat(": ", std::strerror(saved)) : "");
+      return Io::kError;
+    }
+    break;
+  }
+  *n = total;
+  if (total > 0) {
+    write_needs_read_ = false;
+    result = Io::kDone;
+  }
+  // Send what was gathered. A full socket keeps the rest for the next writable edge.
+  if (const Io flushed = Flush(error); flushed == Io::kError) return Io::kError;
+  return result;
+}
+
 Endpoint::Io Endpoint::ShutdownWrite() {
   if (tls_ != nullptr && !close_notify_sent_) {
     const int r = SSL_shutdown(tls_->ssl());
@@ -211,6 +395,9 @@ Endpoint::Io Endpoint::ShutdownWrite() {
     ERR_clear_error();
     close_notify_sent_ = true;
   }
+  // The FIN must follow every record, the close_notify included.
+  std::string ignored;
+  if (Flush(&ignored) == Io::kAgain) return Io::kAgain;
   ::shutdown(fd_.get(), SHUT_WR);
   return Io::kDone;
 }

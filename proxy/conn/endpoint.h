@@ -6,6 +6,7 @@
 #include <string>
 
 #include "common/tls/tls_session.h"
+#include "proxy/conn/relay_buffer.h"
 #include "proxy/event/epoll_loop.h"
 #include "proxy/event/unique_fd.h"
 
@@ -30,6 +31,21 @@ class Endpoint {
   // relay needs (partial writes, moving write buffer, release of idle buffers) and records
   // alerts received from the peer.
   void AttachTls(std::unique_ptr<tls::TlsSession> session);
+
+  // After the handshake: the TLS records of one write (several for a large one) are gathered in
+  // a block of `pool` and go to the socket in one send, instead of one send per record; the
+  // kernel's cost per byte falls steeply with the size of a send. The block is held only while
+  // ciphertext waits for the socket. `pool` must outlive the endpoint, and its blocks should
+  // hold a full relay buffer's records (see TlsRecordBlockBytes).
+  void CoalesceTlsWrites(BufferPool* pool);
+  // Bytes a block needs to hold the records of `plaintext_bytes` written at once.
+  static size_t TlsRecordBlockBytes(size_t plaintext_bytes);
+  // Ciphertext is waiting for the socket; Flush() sends it when writable.
+  bool has_pending_output() const { return tls_out_ != nullptr && !tls_out_->empty(); }
+  // Sends waiting ciphertext. kDone: nothing waits. kAgain: the socket is full.
+  Io Flush(std::string* error);
+  // Called by the coalescing write BIO (see endpoint.cc); returns what BIO_write returns.
+  int BufferTlsRecords(const char* data, size_t len, bool* retry);
 
   int fd() const { return fd_.get(); }
   tls::TlsSession* tls() const { return tls_.get(); }
@@ -71,6 +87,8 @@ class Endpoint {
   void Close();
 
  private:
+  Io WriteCoalesced(const char* buf, size_t len, size_t* n, std::string* error);
+
   UniqueFd fd_;
   std::unique_ptr<tls::TlsSession> tls_;
   bool readable_ = false;
@@ -87,6 +105,10 @@ class Endpoint {
   // The last socket write (TLS) took fewer bytes than offered or failed: the send buffer is full.
   bool socket_write_full_ = false;
   int received_alert_ = -1;
+  // Ciphertext not yet sent (see CoalesceTlsWrites); null when not coalescing.
+  std::unique_ptr<RelayBuffer> tls_out_;
+  // errno of the send that failed while flushing, for the error message.
+  int send_errno_ = 0;
 };
 
 }  // namespace trellis::proxy

@@ -68,9 +68,11 @@ absl::string_view RelayConnection::StateName(State state) {
 }
 
 RelayConnection::RelayConnection(EpollLoop* loop, WorkerStats* stats, BufferPool* pool,
-                                 Options options, UniqueFd downstream, ClosedCallback on_closed)
+                                 BufferPool* tls_record_pool, Options options, UniqueFd downstream,
+                                 ClosedCallback on_closed)
     : loop_(loop),
       stats_(stats),
+      tls_record_pool_(tls_record_pool),
       options_(std::move(options)),
       on_closed_(std::move(on_closed)),
       flows_{Flow{&downstream_, &upstream_, RelayBuffer(pool)},
@@ -166,11 +168,10 @@ void RelayConnection::Start() {
     const absl::Duration age = Jittered(options_.max_connection_age);
     max_age_timer_ = loop_->AddTimer(age, [this, age] {
       max_age_timer_ = kNoTimer;
-      CloseGracefully(ConnectionFailure::kMaxAge,
-                      absl::StrCat("the connection is ", absl::FormatDuration(age),
-                                   " old (max_connection_age ",
-                                   absl::FormatDuration(options_.max_connection_age),
-                                   " with jitter)"));
+      CloseGracefully(
+          ConnectionFailure::kMaxAge,
+          absl::StrCat("the connection is ", absl::FormatDuration(age), " old (max_connection_age ",
+                       absl::FormatDuration(options_.max_connection_age), " with jitter)"));
     });
   }
   if (!Register(&downstream_)) return;
@@ -252,6 +253,7 @@ void RelayConnection::DoHandshake() {
   switch (session->Handshake()) {
     case tls::IoAction::kDone:
       stats_->ObserveHandshake(options_.direction, absl::Now() - handshake_started_);
+      tls_side().CoalesceTlsWrites(tls_record_pool_);
       if (options_.close_on_peer_expiry) ArmPeerExpiry();
       if (options_.direction == Direction::kInbound) {
         BeginConnect();
@@ -321,7 +323,10 @@ void RelayConnection::Pump() {
 bool RelayConnection::PumpFlow(Flow& flow) {
   bool progress = false;
   std::string error;
-  if (!flow.src_eof && !flow.buffer.full() && flow.src->CanRead()) {
+  // Fill the buffer before writing: a TLS source yields one record (16 KB at most) per read, and
+  // one large write costs the kernel far less per byte than several small ones.
+  bool source_may_have_more = true;
+  while (source_may_have_more && !flow.src_eof && !flow.buffer.full() && flow.src->CanRead()) {
     char* into = flow.buffer.WritePtr();
     size_t n = 0;
     switch (flow.src->Read(into, flow.buffer.WritableBytes(), &n, &error)) {
@@ -335,6 +340,7 @@ bool RelayConnection::PumpFlow(Flow& flow) {
         progress = true;
         break;
       case Endpoint::Io::kAgain:
+        source_may_have_more = false;
         break;
       case Endpoint::Io::kError: {
         const bool from_tls = flow.src->is_tls();
@@ -350,6 +356,20 @@ bool RelayConnection::PumpFlow(Flow& flow) {
         }
         return false;
       }
+    }
+  }
+  if (flow.buffer.empty() && flow.dst->has_pending_output() && flow.dst->CanWrite()) {
+    // Records gathered by an earlier write wait for a socket that was full.
+    switch (flow.dst->Flush(&error)) {
+      case Endpoint::Io::kDone:
+        progress = true;
+        break;
+      case Endpoint::Io::kError:
+        Fail(ConnectionFailure::kReset,
+             absl::StrCat(&flow == &flows_[0] ? "upstream " : "downstream ", error));
+        return false;
+      default:
+        break;
     }
   }
   if (!flow.buffer.empty() && flow.dst->CanWrite()) {
@@ -420,8 +440,8 @@ void RelayConnection::ArmPeerExpiry() {
   if (!not_after.has_value()) return;
   const absl::Time at = *not_after;
   // Fires just after notAfter (a certificate is valid through its notAfter second).
-  const absl::Duration delay = std::max(at - absl::Now(), absl::ZeroDuration()) +
-                               absl::Milliseconds(1);
+  const absl::Duration delay =
+      std::max(at - absl::Now(), absl::ZeroDuration()) + absl::Milliseconds(1);
   peer_expiry_timer_ = loop_->AddTimer(delay, [this, at] {
     peer_expiry_timer_ = kNoTimer;
     CloseGracefully(ConnectionFailure::kPeerExpired,
@@ -438,8 +458,8 @@ void RelayConnection::CloseGracefully(ConnectionFailure failure, absl::string_vi
   // Best effort, never blocking: close_notify + FIN on the TLS side and FIN on the plaintext
   // side, so both ends see an orderly end of stream rather than a reset. Bytes still buffered
   // in the relay are dropped.
-  const bool relaying = state_ == State::kRelaying || state_ == State::kHalfClosed ||
-                        state_ == State::kDraining;
+  const bool relaying =
+      state_ == State::kRelaying || state_ == State::kHalfClosed || state_ == State::kDraining;
   if (relaying) {
     for (Flow& flow : flows_) {
       if (!flow.done) (void)flow.dst->ShutdownWrite();

@@ -63,9 +63,11 @@ class RelayConnection : public DeferredDeletable {
   using ClosedCallback = std::function<void(RelayConnection*)>;
 
   // `downstream` is the accepted, non-blocking socket. Nothing happens until Start(). `pool`
-  // (the worker's relay blocks) must outlive the connection.
-  RelayConnection(EpollLoop* loop, WorkerStats* stats, BufferPool* pool, Options options,
-                  UniqueFd downstream, ClosedCallback on_closed);
+  // (the worker's relay blocks) and `tls_record_pool` (blocks that gather the TLS records of one
+  // write, see Endpoint::CoalesceTlsWrites) must outlive the connection.
+  RelayConnection(EpollLoop* loop, WorkerStats* stats, BufferPool* pool,
+                  BufferPool* tls_record_pool, Options options, UniqueFd downstream,
+                  ClosedCallback on_closed);
   ~RelayConnection() override;
 
   void Start();
@@ -121,6 +123,7 @@ class RelayConnection : public DeferredDeletable {
 
   EpollLoop* const loop_;
   WorkerStats* const stats_;
+  BufferPool* const tls_record_pool_;
   const Options options_;
   ClosedCallback on_closed_;
   State state_ = State::kNew;

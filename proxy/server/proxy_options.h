@@ -15,7 +15,7 @@ struct ProxyOptions {
   absl::Duration connect_timeout = absl::Seconds(5);
   absl::Duration handshake_timeout = absl::Seconds(10);
   absl::Duration idle_timeout = absl::Hours(1);
-  size_t buffer_bytes = 16384;  // per direction per connection
+  size_t buffer_bytes = 65536;  // per direction per connection, held only while bytes wait
   // Close a connection (ConnectionFailure::kPeerExpired) when its verified peer's leaf
   // certificate passes its notAfter. Off by default: with short-lived certificates every
   // long-lived connection would be cut at each rotation.

@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "common/log/json_log.h"
+#include "proxy/conn/endpoint.h"
 #include "proxy/conn/failure_report.h"
 #include "proxy/listener/original_dst.h"
 
@@ -32,6 +33,8 @@ Worker::Worker(const ProxyOptions* options, const std::vector<ResolvedListener>*
       shared_(shared),
       stats_(std::make_unique<WorkerStats>()),
       buffer_pool_(options->buffer_bytes, kFreeRelayBlocks, &stats_->relay_buffer_bytes),
+      tls_record_pool_(Endpoint::TlsRecordBlockBytes(options->buffer_bytes), kFreeRelayBlocks,
+                       &stats_->relay_buffer_bytes),
       loop_(std::move(loop)) {}
 
 Worker::~Worker() { Stop(); }
@@ -159,8 +162,8 @@ void Worker::OnAccept(size_t index, UniqueFd fd) {
   options.context = inbound ? store_->server_context() : store_->client_context();
 
   auto connection = std::make_unique<RelayConnection>(
-      loop_.get(), stats_.get(), &buffer_pool_, std::move(options), std::move(fd),
-      [this](RelayConnection* closed) { OnClosed(closed); });
+      loop_.get(), stats_.get(), &buffer_pool_, &tls_record_pool_, std::move(options),
+      std::move(fd), [this](RelayConnection* closed) { OnClosed(closed); });
   RelayConnection* raw = connection.get();
   connections_.emplace(raw, std::move(connection));
   raw->Start();

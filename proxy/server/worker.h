@@ -77,6 +77,8 @@ class Worker {
   // Relay blocks of this worker's connections; declared after stats_ (which it writes) and
   // before loop_ so that it outlives the connections the loop deletes last.
   BufferPool buffer_pool_;
+  // Ciphertext of one write waiting for its single send (Endpoint::CoalesceTlsWrites).
+  BufferPool tls_record_pool_;
   std::unique_ptr<EpollLoop> loop_;
   std::vector<std::pair<size_t, UniqueFd>> pending_sockets_;  // until the thread starts
   std::vector<std::unique_ptr<Acceptor>> acceptors_;

@@ -282,6 +282,16 @@ def check_clients(inbound, root, client, intruder):
     if "Verify return code: 0 (ok)" not in text or "X25519" not in text:
         print(text[-3000:], file=sys.stderr)
 
+    # The proxy's suite order decides (AES-128-GCM first), even for a client that prefers
+    # AES-256-GCM; a client offering only AES-256-GCM still gets it.
+    for offered, expected in (("TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256",
+                               "TLS_AES_128_GCM_SHA256"),
+                              ("TLS_AES_256_GCM_SHA384", "TLS_AES_256_GCM_SHA384")):
+        rc, out, err = run(base + ["-tls1_3", "-ciphersuites", offered])
+        got = re.findall(r"Cipher is (\S+)", out + err)
+        check(got[:1] == [expected],
+              f"s_client -ciphersuites {offered}: the proxy picks {expected} (got {got[:1]})")
+
     before = len(inbound.reasons())
     rc, out, err = run(base + ["-tls1_2"])
     text = out + err

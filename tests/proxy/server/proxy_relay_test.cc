@@ -21,10 +21,12 @@ class ProxyRelayTest : public ::testing::Test {
 };
 LogCapture* ProxyRelayTest::logs_ = nullptr;
 
-TEST_F(ProxyRelayTest, LargeTransferBothWaysArrivesIntact) {
-  constexpr uint64_t kBytes = 64ull << 20;
+// Sends `bytes` through a pair whose relay buffers hold `buffer_bytes` and checks that the echo
+// comes back intact and both proxies counted it.
+void ExpectLargeEchoIntact(const TestMesh& mesh, uint64_t bytes, size_t buffer_bytes) {
   Backend backend(Backend::Mode::kEcho);
-  ProxyPair pair(mesh_, backend.port());
+  ProxyPair pair(mesh, backend.port(),
+                 [&](ProxyOptions& options) { options.buffer_bytes = buffer_bytes; });
   UniqueFd fd = ConnectTo(pair.out_port(), absl::Seconds(60));
   ASSERT_TRUE(fd.valid());
 
@@ -32,7 +34,7 @@ TEST_F(ProxyRelayTest, LargeTransferBothWaysArrivesIntact) {
   std::thread writer([&] {
     Sha256 sha;
     std::string chunk(1 << 16, '\0');
-    for (uint64_t off = 0; off < kBytes; off += chunk.size()) {
+    for (uint64_t off = 0; off < bytes; off += chunk.size()) {
       for (size_t i = 0; i < chunk.size(); ++i) chunk[i] = Pattern(off + i);
       sha.Update(chunk.data(), chunk.size());
       if (!WriteAll(fd.get(), chunk)) break;
@@ -50,17 +52,32 @@ TEST_F(ProxyRelayTest, LargeTransferBothWaysArrivesIntact) {
     total += r;
   }
   writer.join();
-  EXPECT_EQ(total, kBytes);
+  EXPECT_EQ(total, bytes);
   EXPECT_EQ(received.Hex(), sent_hash);
   // Both proxies counted the bytes (seen from the app: outbound sent == inbound received).
   uint64_t out_sent = 0, in_received = 0;
   for (auto* w : pair.outbound->worker_stats()) out_sent += w->bytes_sent[1].load();
   for (auto* w : pair.inbound->worker_stats()) in_received += w->bytes_received[0].load();
-  EXPECT_EQ(out_sent, kBytes);
-  EXPECT_EQ(in_received, kBytes);
+  EXPECT_EQ(out_sent, bytes);
+  EXPECT_EQ(in_received, bytes);
   EXPECT_TRUE(WaitUntil([&] {
     return pair.outbound->active_connections() == 0 && pair.inbound->active_connections() == 0;
   }));
+}
+
+// The default 64 KiB buffers: several TLS records per write, gathered into one send.
+TEST_F(ProxyRelayTest, LargeTransferBothWaysArrivesIntact) {
+  ExpectLargeEchoIntact(mesh_, 64ull << 20, 65536);
+}
+
+// Buffers smaller than one TLS record (16 KiB): every write is one short record.
+TEST_F(ProxyRelayTest, LargeTransferWithBuffersSmallerThanARecordArrivesIntact) {
+  ExpectLargeEchoIntact(mesh_, 8ull << 20, 4096);
+}
+
+// Buffers of an odd size: records of a write straddle the gathering block's end.
+TEST_F(ProxyRelayTest, LargeTransferWithOddBufferSizeArrivesIntact) {
+  ExpectLargeEchoIntact(mesh_, 16ull << 20, 40000);
 }
 
 TEST_F(ProxyRelayTest, ClientHalfCloseStillReceivesTheFullReply) {
@@ -102,8 +119,8 @@ TEST_F(ProxyRelayTest, ServerClosesFirstClientSeesEofAfterAllData) {
 }
 
 // Relay buffers hold pooled blocks only while bytes wait in them: keepalive connections between
-// requests cost no relay memory (64 connections x 2 directions x 16 KiB = 2 MiB per proxy
-// before), and the metric reports what is allocated.
+// requests cost no relay memory (a block per direction of 64 connections would be 8 MiB per
+// proxy at 64 KiB), and the metric reports what is allocated.
 TEST_F(ProxyRelayTest, IdleConnectionsHoldNoRelayBuffers) {
   Backend backend(Backend::Mode::kEcho);
   ProxyPair pair(mesh_, backend.port(), [](ProxyOptions& options) { options.workers = 1; });
@@ -129,11 +146,12 @@ TEST_F(ProxyRelayTest, IdleConnectionsHoldNoRelayBuffers) {
     for (const WorkerStats* w : server.worker_stats()) bytes += w->relay_buffer_bytes.load();
     return bytes;
   };
-  // At most the pool's few free blocks remain (16 x 16 KiB); holding one block per direction of
-  // every open connection would be 2 MiB.
+  // At most the pools' few free blocks remain (a block is 64 KiB); holding one block per
+  // direction of every open connection would be 128 blocks.
+  constexpr int64_t kBlock = 65536;
   EXPECT_GT(held(*pair.outbound), 0) << "the pool keeps a warm block for the next read";
-  EXPECT_LE(held(*pair.outbound), 16 * 16384);
-  EXPECT_LE(held(*pair.inbound), 16 * 16384);
+  EXPECT_LE(held(*pair.outbound), 16 * 2 * kBlock);
+  EXPECT_LE(held(*pair.inbound), 16 * 2 * kBlock);
   EXPECT_EQ(pair.outbound->active_connections(), kConnections);
   fds.clear();
   EXPECT_TRUE(WaitUntil([&] {
