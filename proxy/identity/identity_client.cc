@@ -7,10 +7,16 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/crypto/handles.h"
+#include "common/identity/ca.h"
 #include "common/identity/certificate.h"
 #include "common/identity/csr.h"
 #include "common/identity/private_key.h"
+#include "common/identity/spiffe_id.h"
+#include "common/identity/trust_bundle.h"
 #include "common/log/json_log.h"
+#include "common/tls/deny_list.h"
+#include "common/tls/peer_verifier.h"
 #include "trellis/identity/v1/identity.grpc.pb.h"
 
 namespace trellis::proxy {
@@ -136,6 +142,72 @@ class IdentityClient::Impl {
 
   // One issuance attempt. On success the new certificate is in use. `retry_after` receives the
   // control plane's hint on refusals that carry one.
+  // Defence in depth: what the control plane returned is installed only if it is for our key,
+  // names the identity the response states (and, on a renewal, the identity we already had: a
+  // proxy never changes identity while it runs), and chains to a trust bundle we hold (the one
+  // that comes with it or the newer one from Watch). The chain is checked at the middle of the
+  // leaf's validity, not at our clock's now: the control plane's clock decides validity, and a
+  // proxy whose clock is off must still take its certificates.
+  static absl::Status CheckIssued(const std::vector<identity::Certificate>& chain,
+                                  const identity::PrivateKey& key,
+                                  const std::optional<Credentials>& current,
+                                  std::vector<const identity::TrustBundle*> bundles,
+                                  const std::string& stated_id) {
+    const identity::Certificate& leaf = chain.front();
+    const std::string refused = absl::StrCat(
+        "refused the certificate from the control plane (serial ", leaf.serial_hex(), "): ");
+    if (!identity::KeyMatchesCertificate(key, leaf)) {
+      return absl::InternalError(absl::StrCat(refused, "it is not for the key this proxy sent"));
+    }
+    absl::StatusOr<identity::SpiffeId> id = leaf.GetSpiffeId();
+    if (!id.ok()) {
+      return absl::InternalError(
+          absl::StrCat(refused, "it is not an X.509-SVID: ", id.status().message()));
+    }
+    if (!stated_id.empty() && id->ToString() != stated_id) {
+      return absl::InternalError(
+          absl::StrCat(refused, "it names ", id->ToString(), " but the response says ", stated_id));
+    }
+    if (current.has_value() && !current->chain.empty()) {
+      absl::StatusOr<identity::SpiffeId> had = current->chain.front().GetSpiffeId();
+      if (had.ok() && had->ToString() != id->ToString()) {
+        return absl::PermissionDeniedError(absl::StrCat(
+            refused, "it names ", id->ToString(), " but this proxy is ", had->ToString(),
+            "; a proxy keeps one identity for life (did the token file change? restart the pod "
+            "to take a new identity)"));
+      }
+    }
+    std::unique_ptr<STACK_OF(X509), crypto::X509StackDeleter> intermediates(sk_X509_new_null());
+    if (intermediates == nullptr) return absl::ResourceExhaustedError("out of memory");
+    for (size_t i = 1; i < chain.size(); ++i) {
+      X509_up_ref(chain[i].get());
+      sk_X509_push(intermediates.get(), chain[i].get());
+    }
+    absl::StatusOr<identity::SpiffeIdPattern> any = identity::SpiffeIdPattern::Parse("*");
+    if (!any.ok()) return any.status();
+    const absl::Time at = leaf.not_before() + (leaf.not_after() - leaf.not_before()) / 2;
+    std::string why;
+    for (const identity::TrustBundle* bundle : bundles) {
+      absl::StatusOr<std::unique_ptr<tls::PeerVerifier>> verifier =
+          tls::PeerVerifier::Create(*bundle, tls::DenyList());
+      if (!verifier.ok()) return verifier.status();
+      // The leaf serves both ends of mutual TLS.
+      bool ok = true;
+      for (tls::PeerRole role : {tls::PeerRole::kServer, tls::PeerRole::kClient}) {
+        const tls::PeerVerification result =
+            (*verifier)->Verify(leaf.get(), intermediates.get(), role, at, {*any});
+        if (!result.ok()) {
+          ok = false;
+          why = result.detail;
+          break;
+        }
+      }
+      if (ok) return absl::OkStatus();
+    }
+    return absl::InternalError(
+        absl::StrCat(refused, "its chain does not verify against the trust bundle: ", why));
+  }
+
   absl::Status IssueOnce(absl::Duration* retry_after) {
     absl::StatusOr<identity::PrivateKey> key = identity::PrivateKey::GenerateEcdsaP256();
     if (!key.ok()) return key.status();
@@ -152,7 +224,8 @@ class IdentityClient::Impl {
       absl::MutexLock lock(&mu_);
       // Judged on our clock from when the certificate arrived, not from its (server-clock)
       // notAfter: a proxy whose clock is off still knows whether its certificate is usable.
-      current_valid = current.has_value() && cert_times_.has_value() && cert_times_->not_after > Now();
+      current_valid =
+          current.has_value() && cert_times_.has_value() && cert_times_->not_after > Now();
     }
     std::string mode;
     std::shared_ptr<grpc::Channel> channel;
@@ -166,10 +239,10 @@ class IdentityClient::Impl {
       request.set_join_token(join);
       mode = "join_token";
     } else {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "no credential: the token file \"",
-          options_.token_file.empty() ? options_.join_token_file : options_.token_file,
-          "\" is missing or empty, and there is no valid certificate to renew with"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("no credential: the token file \"",
+                       options_.token_file.empty() ? options_.join_token_file : options_.token_file,
+                       "\" is missing or empty, and there is no valid certificate to renew with"));
     }
     if (mode == "certificate") {
       absl::StatusOr<std::string> key_pem = current->key->ToPem();
@@ -194,9 +267,9 @@ class IdentityClient::Impl {
       }
       {
         absl::MutexLock lock(&mu_);
-        status_.control_plane_reachable = status.error_code() != grpc::StatusCode::UNAVAILABLE &&
-                                          status.error_code() !=
-                                              grpc::StatusCode::DEADLINE_EXCEEDED;
+        status_.control_plane_reachable =
+            status.error_code() != grpc::StatusCode::UNAVAILABLE &&
+            status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED;
       }
       return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
                           absl::StrCat("IssueCertificate (", mode, "): ", status.error_message()));
@@ -213,13 +286,18 @@ class IdentityClient::Impl {
                                    response.trust_bundle_der().end());
     absl::StatusOr<identity::TrustBundle> bundle = identity::TrustBundle::FromDer(roots);
     if (!bundle.ok()) return bundle.status();
-    Credentials next{std::move(chain), nullptr, *std::move(bundle),
+    Credentials next{std::move(chain), nullptr, *bundle,
                      current.has_value() ? current->deny_list : tls::DenyList()};
     {
       // A Watch snapshot is newer than what came with the certificate.
       absl::MutexLock lock(&mu_);
       if (pending_deny_list_.has_value()) next.deny_list = *pending_deny_list_;
       if (pending_bundle_.has_value()) next.bundle = *pending_bundle_;
+    }
+    if (absl::Status s =
+            CheckIssued(next.chain, *key, current, {&next.bundle, &*bundle}, response.spiffe_id());
+        !s.ok()) {
+      return s;
     }
     next.key = std::make_shared<const identity::PrivateKey>(*std::move(key));
     const identity::Certificate leaf = next.chain.front();
@@ -246,12 +324,11 @@ class IdentityClient::Impl {
     status_.rotation_count++;
     status_.control_plane_reachable = true;
     status_.last_error.clear();
-    log::Info("workload certificate installed",
-              {{"spiffe_id", response.spiffe_id()},
-               {"serial", leaf.serial_hex()},
-               {"not_after", absl::FormatTime(leaf.not_after())},
-               {"authenticated_with", mode},
-               {"rotation", status_.rotation_count}});
+    log::Info("workload certificate installed", {{"spiffe_id", response.spiffe_id()},
+                                                 {"serial", leaf.serial_hex()},
+                                                 {"not_after", absl::FormatTime(leaf.not_after())},
+                                                 {"authenticated_with", mode},
+                                                 {"rotation", status_.rotation_count}});
     return absl::OkStatus();
   }
 
@@ -271,8 +348,8 @@ class IdentityClient::Impl {
         } else {
           const absl::Time not_after =
               cert_times_.has_value() ? cert_times_->not_after : absl::InfiniteFuture();
-          wake = now + std::max(hint, RetryDelay(attempt++, Sample(), now, not_after,
-                                                 options_.policy));
+          wake = now +
+                 std::max(hint, RetryDelay(attempt++, Sample(), now, not_after, options_.policy));
           status_.last_error = status.ToString();
           status_.last_error_time = now;
           stats_->credential_reloads_error.fetch_add(1);

@@ -95,6 +95,37 @@ TEST_F(IdentityClientTest, ShortLivedCertificatesRotateAndRenewWithTheCertificat
   client->Stop();
 }
 
+// A certificate for another identity is never installed, even when the control plane issues it
+// (here because the token file was replaced by another service account's): the proxy keeps the
+// identity it started with and says why it refused.
+TEST_F(IdentityClientTest, RenewalNamingAnotherIdentityIsRefusedAndTheOldOneKept) {
+  IdentityClientOptions options = Options();
+  const std::string token_file = WriteFile("token", server_->KubernetesToken("shop", "web"));
+  options.token_file = token_file;
+  options.requested_ttl = absl::Seconds(3);
+  auto client = *IdentityClient::Create(options, &store_, &stats_);
+  client->Start();
+  ASSERT_TRUE(client->WaitForFirstCertificate(absl::Seconds(10)));
+  const std::string first = store_.credentials()->chain.front().serial_hex();
+  WriteFile("token", server_->KubernetesToken("shop", "api"));
+  ASSERT_TRUE(WaitFor(
+      [&] { return client->status().last_error.find("keeps one identity") != std::string::npos; },
+      absl::Seconds(15)))
+      << client->status().last_error;
+  const std::string error = client->status().last_error;
+  EXPECT_NE(error.find("spiffe://cluster.local/ns/shop/sa/api"), std::string::npos) << error;
+  EXPECT_NE(error.find("this proxy is spiffe://cluster.local/ns/shop/sa/web"), std::string::npos)
+      << error;
+  EXPECT_EQ(store_.server_context()->spiffe_id().ToString(),
+            "spiffe://cluster.local/ns/shop/sa/web");
+  EXPECT_EQ(store_.credentials()->chain.front().serial_hex(), first);
+  EXPECT_EQ(client->status().rotation_count, 1u);
+  EXPECT_GE(stats_.renewal_failures.load(), 1u);
+  // The control plane did issue it: the refusal is the proxy's own check.
+  EXPECT_GE(server_->metrics().issuances("ok", "kubernetes_jwt"), 2u);
+  client->Stop();
+}
+
 TEST_F(IdentityClientTest, RefusedCredentialIsReportedAndRetriedWithoutACertificate) {
   IdentityClientOptions options = Options();
   options.token_file = WriteFile("bad-token", "not-a-token");
@@ -102,8 +133,8 @@ TEST_F(IdentityClientTest, RefusedCredentialIsReportedAndRetriedWithoutACertific
   auto client = *IdentityClient::Create(options, &store_, &stats_);
   client->Start();
   EXPECT_FALSE(client->WaitForFirstCertificate(absl::Milliseconds(500)));
-  ASSERT_TRUE(WaitFor([&] { return stats_.credential_reloads_error.load() >= 2; },
-                      absl::Seconds(10)));
+  ASSERT_TRUE(
+      WaitFor([&] { return stats_.credential_reloads_error.load() >= 2; }, absl::Seconds(10)));
   EXPECT_NE(client->status().last_error.find("UNAUTHENTICATED"), std::string::npos);
   EXPECT_GE(stats_.renewal_failures.load(), 2u);
   EXPECT_GT(stats_.last_renewal_error_seconds.load(), 0);
@@ -127,8 +158,8 @@ TEST_F(IdentityClientTest, WatchAppliesDenyListAndBundleLive) {
   const int before = updates.load();
   server_->mesh().SetDenyList(*tls::DenyList::Create({"abc123"}, {}));
   const absl::Time start = absl::Now();
-  ASSERT_TRUE(WaitFor(
-      [&] { return store_.credentials()->deny_list.IsSerialDenied("abc123"); }, absl::Seconds(5)));
+  ASSERT_TRUE(WaitFor([&] { return store_.credentials()->deny_list.IsSerialDenied("abc123"); },
+                      absl::Seconds(5)));
   EXPECT_LT(absl::Now() - start, absl::Seconds(1));
   EXPECT_GT(updates.load(), before);
   EXPECT_TRUE(store_.server_context()->deny_list().IsSerialDenied("abc123"));
