@@ -25,6 +25,7 @@
 #include "common/admin/http_admin.h"
 #include "common/identity/certificate.h"
 #include "common/log/json_log.h"
+#include "common/process/grpc_logs.h"
 #include "common/process/startup.h"
 #include "common/tls/deny_list.h"
 #include "control-plane/auth/join_token_authenticator.h"

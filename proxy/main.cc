@@ -23,6 +23,7 @@
 #include "proxy/identity/context_store.h"
 #include "proxy/identity/file_credential_source.h"
 #include "proxy/identity/identity_client.h"
+#include "proxy/identity/transport_loader.h"
 #include "proxy/server/proxy_server.h"
 #include "proxy/stats/proxy_stats.h"
 
@@ -46,6 +47,9 @@ ABSL_FLAG(std::string, join_token_file, "",
           "Control-plane mode: join token file, for workloads outside Kubernetes.");
 ABSL_FLAG(absl::Duration, requested_ttl, absl::ZeroDuration(),
           "Control-plane mode: certificate lifetime to ask for; 0 lets the control plane decide.");
+ABSL_FLAG(std::string, transport_library, "",
+          "Control-plane mode: path of libtrellis-proxy-grpc.so (the gRPC client, loaded only in "
+          "this mode); empty: the one beside the trellis-proxy executable.");
 // Listeners.
 ABSL_FLAG(std::string, listeners, "",
           "Explicit listeners, comma-separated: 'out:HOST:PORT=>HOST:PORT@PATTERN|PATTERN' "
@@ -86,6 +90,14 @@ ABSL_FLAG(std::string, app_probes, "",
 
 namespace trellis::proxy {
 namespace {
+
+// gRPC core's own log lines, from the transport library, as JSON lines like ours.
+void TransportLog(int severity, const char* file, int line, const char* message) {
+  const log::Level level = severity >= 2   ? log::Level::kError
+                           : severity == 1 ? log::Level::kInfo
+                                           : log::Level::kDebug;
+  log::Log(level, message, {{"source", "grpc"}, {"file", file}, {"line", line}});
+}
 
 [[noreturn]] void Die(absl::string_view what, const absl::Status& status) {
   log::Error(what, {{"error", std::string(status.message())}});
@@ -198,7 +210,7 @@ nlohmann::json ConfigDump(const ProxyOptions& options, const ProxyServer& server
           {"drain_timeout", absl::FormatDuration(absl::GetFlag(FLAGS_drain_timeout))}};
 }
 
-int Run(const sigset_t& signals) {
+int Run(const sigset_t& signals, const std::string& argv0) {
   log::SetComponent("proxy");
   log::Level level;
   if (!log::ParseLevel(absl::GetFlag(FLAGS_log_level), &level)) {
@@ -262,6 +274,11 @@ int Run(const sigset_t& signals) {
     client_options.token_file = absl::GetFlag(FLAGS_token_file);
     client_options.join_token_file = absl::GetFlag(FLAGS_join_token_file);
     client_options.requested_ttl = absl::GetFlag(FLAGS_requested_ttl);
+    absl::StatusOr<TransportFactory> transport =
+        LoadTransport(absl::GetFlag(FLAGS_transport_library), argv0);
+    if (!transport.ok()) Die("cannot talk to the control plane", transport.status());
+    client_options.transport = *std::move(transport);
+    client_options.transport_log_sink = TransportLog;
     absl::StatusOr<std::unique_ptr<IdentityClient>> created =
         IdentityClient::Create(client_options, &store, &stats);
     if (!created.ok()) Die("bad control-plane settings", created.status());
@@ -338,7 +355,6 @@ int Run(const sigset_t& signals) {
 }  // namespace trellis::proxy
 
 int main(int argc, char** argv) {
-  trellis::process::RouteGrpcLogsToJson();
   if (!trellis::process::ParseFlagsOrPrintHelp(
           argc, argv,
           "the Trellis sidecar proxy.\n"
@@ -363,5 +379,5 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
-  return trellis::proxy::Run(signals);
+  return trellis::proxy::Run(signals, argv[0]);
 }

@@ -6,10 +6,6 @@
 
 namespace trellis::process {
 
-// Sends gRPC core's own log lines through common/log, so every line on stderr is one JSON object
-// (with "source":"grpc"). Call first in main().
-void RouteGrpcLogsToJson();
-
 // Sets the usage text and parses the flags (--flagfile included). Returns false after printing
 // the help when it was asked for (--help, -help, --helpfull, -h): the caller exits 0. Debian's
 // abseil would exit 1 after --help, but an operator asking for help has not made an error.

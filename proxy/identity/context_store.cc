@@ -2,7 +2,9 @@
 
 namespace trellis::proxy {
 
-absl::Status ContextStore::Update(Credentials credentials) { return Publish(std::move(credentials)); }
+absl::Status ContextStore::Update(Credentials credentials) {
+  return Publish(std::move(credentials));
+}
 
 absl::Status ContextStore::UpdateTrust(identity::TrustBundle bundle, tls::DenyList deny_list) {
   std::optional<Credentials> current = this->credentials();

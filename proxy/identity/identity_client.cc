@@ -1,11 +1,8 @@
 #include "proxy/identity/identity_client.h"
 
-#include <grpcpp/grpcpp.h>
-
 #include <random>
 
 #include "absl/strings/ascii.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/crypto/handles.h"
 #include "common/identity/ca.h"
@@ -17,28 +14,9 @@
 #include "common/log/json_log.h"
 #include "common/tls/deny_list.h"
 #include "common/tls/peer_verifier.h"
-#include "trellis/identity/v1/identity.grpc.pb.h"
 
 namespace trellis::proxy {
 namespace {
-
-namespace v1 = trellis::identity::v1;
-
-absl::Time FromProto(const google::protobuf::Timestamp& ts) {
-  return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
-}
-
-absl::Duration FromProto(const google::protobuf::Duration& d) {
-  return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
-}
-
-google::protobuf::Duration ToProto(absl::Duration d) {
-  google::protobuf::Duration out;
-  const int64_t nanos = absl::ToInt64Nanoseconds(d);
-  out.set_seconds(nanos / 1000000000);
-  out.set_nanos(static_cast<int32_t>(nanos % 1000000000));
-  return out;
-}
 
 // A credential file's content without surrounding whitespace; empty if it cannot be read.
 std::string ReadCredential(const std::string& path) {
@@ -48,24 +26,19 @@ std::string ReadCredential(const std::string& path) {
   return std::string(absl::StripAsciiWhitespace(*text));
 }
 
-absl::StatusOr<tls::DenyList> DenyListFrom(const v1::WatchResponse& response) {
-  std::vector<std::string> serials;
-  std::vector<std::string> ids;
-  for (const v1::DeniedEntry& entry : response.denied()) {
-    if (entry.has_serial_hex()) serials.push_back(entry.serial_hex());
-    if (entry.has_spiffe_id()) ids.push_back(entry.spiffe_id());
-  }
-  return tls::DenyList::Create(serials, ids);
-}
-
 }  // namespace
 
 // === impl IdentityClient::Impl ===
 
 class IdentityClient::Impl {
  public:
-  Impl(IdentityClientOptions options, ContextStore* store, ProxyStats* stats, std::string roots)
-      : options_(std::move(options)), store_(store), stats_(stats), roots_pem_(std::move(roots)) {}
+  Impl(IdentityClientOptions options, ContextStore* store, ProxyStats* stats, std::string roots,
+       std::unique_ptr<ControlPlaneTransport> transport)
+      : options_(std::move(options)),
+        store_(store),
+        stats_(stats),
+        roots_pem_(std::move(roots)),
+        transport_(std::move(transport)) {}
 
   void Start() {
     renew_thread_ = std::thread([this] { RenewLoop(); });
@@ -77,7 +50,7 @@ class IdentityClient::Impl {
       absl::MutexLock lock(&mu_);
       if (stopping_) return;
       stopping_ = true;
-      if (watch_context_ != nullptr) watch_context_->TryCancel();
+      if (watch_stream_ != nullptr) watch_stream_->Cancel();
     }
     if (renew_thread_.joinable()) renew_thread_.join();
     if (watch_thread_.joinable()) watch_thread_.join();
@@ -105,24 +78,8 @@ class IdentityClient::Impl {
     return std::uniform_real_distribution<double>(0.0, 1.0)(rng_);
   }
 
-  std::shared_ptr<grpc::Channel> MakeChannel(const std::string& key_pem,
-                                             const std::string& chain_pem) {
-    grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = TrustedRootsPem();
-    ssl.pem_private_key = key_pem;
-    ssl.pem_cert_chain = chain_pem;
-    grpc::ChannelArguments args;
-    // Dial whatever address we were given, but insist on the control plane's DNS name.
-    args.SetSslTargetNameOverride(options_.control_plane_name);
-    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
-    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-    // Our own retry schedule decides when to try again: do not share a global subchannel (and
-    // its reconnect backoff, up to 2 minutes) with earlier channels to the same address.
-    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 250);
-    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-    return grpc::CreateCustomChannel(options_.control_plane_address, grpc::SslCredentials(ssl),
-                                     args);
+  ChannelCredentials ChannelWith(std::string key_pem, std::string chain_pem) {
+    return ChannelCredentials{TrustedRootsPem(), std::move(key_pem), std::move(chain_pem)};
   }
 
   // The roots to trust for the control plane: the pinned file (re-read: the ConfigMap may have
@@ -213,11 +170,10 @@ class IdentityClient::Impl {
     if (!key.ok()) return key.status();
     absl::StatusOr<std::string> csr = identity::CreateCsrDer(*key);
     if (!csr.ok()) return csr.status();
-    v1::IssueCertificateRequest request;
-    request.set_csr_der(*csr);
-    if (options_.requested_ttl > absl::ZeroDuration()) {
-      *request.mutable_requested_ttl() = ToProto(options_.requested_ttl);
-    }
+    IssueCall call;
+    call.csr_der = *std::move(csr);
+    call.requested_ttl = options_.requested_ttl;
+    call.timeout = options_.call_timeout;
     std::optional<Credentials> current = store_->credentials();
     bool current_valid = false;
     {
@@ -228,15 +184,15 @@ class IdentityClient::Impl {
           current.has_value() && cert_times_.has_value() && cert_times_->not_after > Now();
     }
     std::string mode;
-    std::shared_ptr<grpc::Channel> channel;
+    ChannelCredentials channel;
     const std::string token = ReadCredential(options_.token_file);
     if (!token.empty()) {
-      request.set_kubernetes_token(token);
+      call.kubernetes_token = token;
       mode = "kubernetes_token";
     } else if (current_valid) {
       mode = "certificate";  // renewal: the current certificate authenticates us
     } else if (const std::string join = ReadCredential(options_.join_token_file); !join.empty()) {
-      request.set_join_token(join);
+      call.join_token = join;
       mode = "join_token";
     } else {
       return absl::FailedPreconditionError(
@@ -247,44 +203,33 @@ class IdentityClient::Impl {
     if (mode == "certificate") {
       absl::StatusOr<std::string> key_pem = current->key->ToPem();
       if (!key_pem.ok()) return key_pem.status();
-      channel = MakeChannel(*key_pem, identity::ToPemChain(current->chain));
+      channel = ChannelWith(*std::move(key_pem), identity::ToPemChain(current->chain));
     } else {
-      channel = MakeChannel("", "");
+      channel = ChannelWith("", "");
     }
-    std::unique_ptr<v1::Identity::Stub> stub = v1::Identity::NewStub(channel);
-    grpc::ClientContext context;
-    context.set_deadline(std::chrono::system_clock::now() +
-                         absl::ToChronoMilliseconds(options_.call_timeout));
-    v1::IssueCertificateResponse response;
-    const grpc::Status status = stub->IssueCertificate(&context, request, &response);
-    if (!status.ok()) {
-      const auto& trailers = context.GetServerTrailingMetadata();
-      if (auto it = trailers.find("retry-after-ms"); it != trailers.end()) {
-        int64_t ms = 0;
-        if (absl::SimpleAtoi(absl::string_view(it->second.data(), it->second.size()), &ms)) {
-          *retry_after = absl::Milliseconds(ms);
-        }
-      }
+    IssueOutcome outcome = transport_->Issue(channel, call);
+    if (!outcome.status.ok()) {
+      *retry_after = outcome.retry_after;
       {
         absl::MutexLock lock(&mu_);
         status_.control_plane_reachable =
-            status.error_code() != grpc::StatusCode::UNAVAILABLE &&
-            status.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED;
+            outcome.status.code() != absl::StatusCode::kUnavailable &&
+            outcome.status.code() != absl::StatusCode::kDeadlineExceeded;
       }
-      return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                          absl::StrCat("IssueCertificate (", mode, "): ", status.error_message()));
+      return absl::Status(outcome.status.code(), absl::StrCat("IssueCertificate (", mode,
+                                                              "): ", outcome.status.message()));
     }
+    const IssueReply& response = outcome.reply;
 
     std::vector<identity::Certificate> chain;
-    for (const std::string& der : response.cert_chain_der()) {
+    for (const std::string& der : response.chain_der) {
       absl::StatusOr<identity::Certificate> cert = identity::Certificate::FromDer(der);
       if (!cert.ok()) return cert.status();
       chain.push_back(*std::move(cert));
     }
     if (chain.empty()) return absl::InternalError("the control plane sent no certificate");
-    std::vector<std::string> roots(response.trust_bundle_der().begin(),
-                                   response.trust_bundle_der().end());
-    absl::StatusOr<identity::TrustBundle> bundle = identity::TrustBundle::FromDer(roots);
+    absl::StatusOr<identity::TrustBundle> bundle =
+        identity::TrustBundle::FromDer(response.bundle_der);
     if (!bundle.ok()) return bundle.status();
     Credentials next{std::move(chain), nullptr, *bundle,
                      current.has_value() ? current->deny_list : tls::DenyList()};
@@ -295,7 +240,7 @@ class IdentityClient::Impl {
       if (pending_bundle_.has_value()) next.bundle = *pending_bundle_;
     }
     if (absl::Status s =
-            CheckIssued(next.chain, *key, current, {&next.bundle, &*bundle}, response.spiffe_id());
+            CheckIssued(next.chain, *key, current, {&next.bundle, &*bundle}, response.spiffe_id);
         !s.ok()) {
       return s;
     }
@@ -309,12 +254,12 @@ class IdentityClient::Impl {
     stats_->credential_reloads_ok.fetch_add(1);
     const absl::Time received = Now();
     CertificateTimes times{leaf.not_before(), leaf.not_after(), std::nullopt, received};
-    if (response.has_refresh_in() && response.has_valid_for()) {
+    if (response.refresh_in.has_value() && response.valid_for.has_value()) {
       // Relative times: correct whatever our clock says.
-      times = CertificateTimes{received, received + FromProto(response.valid_for()),
-                               received + FromProto(response.refresh_in()), received};
-    } else if (response.has_refresh_after()) {
-      times.refresh_after = FromProto(response.refresh_after());
+      times = CertificateTimes{received, received + *response.valid_for,
+                               received + *response.refresh_in, received};
+    } else if (response.refresh_after.has_value()) {
+      times.refresh_after = *response.refresh_after;
     }
     absl::MutexLock lock(&mu_);
     cert_times_ = times;
@@ -324,7 +269,7 @@ class IdentityClient::Impl {
     status_.rotation_count++;
     status_.control_plane_reachable = true;
     status_.last_error.clear();
-    log::Info("workload certificate installed", {{"spiffe_id", response.spiffe_id()},
+    log::Info("workload certificate installed", {{"spiffe_id", response.spiffe_id},
                                                  {"serial", leaf.serial_hex()},
                                                  {"not_after", absl::FormatTime(leaf.not_after())},
                                                  {"authenticated_with", mode},
@@ -393,27 +338,23 @@ class IdentityClient::Impl {
     while (true) {
       // A new channel per attempt: it picks up the roots pushed since (after a root rotation the
       // control plane presents a certificate only the new root verifies).
-      std::unique_ptr<v1::Identity::Stub> stub = v1::Identity::NewStub(MakeChannel("", ""));
-      auto context = std::make_unique<grpc::ClientContext>();
+      std::unique_ptr<WatchStream> stream =
+          transport_->Watch(ChannelWith("", ""), status().bundle_version);
       {
         absl::MutexLock lock(&mu_);
         if (stopping_) return;
-        watch_context_ = context.get();
+        watch_stream_ = stream.get();
       }
-      v1::WatchRequest request;
-      request.set_known_version(status().bundle_version);
-      std::unique_ptr<grpc::ClientReader<v1::WatchResponse>> reader =
-          stub->Watch(context.get(), request);
-      v1::WatchResponse response;
-      while (reader->Read(&response)) {
+      WatchSnapshot snapshot;
+      while (stream->Next(&snapshot)) {
         attempt = 0;
-        Apply(response);
+        Apply(snapshot);
       }
-      const grpc::Status status = reader->Finish();
+      const absl::Status status = stream->Finish();
       absl::Duration delay;
       {
         absl::MutexLock lock(&mu_);
-        watch_context_ = nullptr;
+        watch_stream_ = nullptr;
         status_.watching = false;
         stats_->control_plane_connected = 0;
         if (stopping_) return;
@@ -423,8 +364,8 @@ class IdentityClient::Impl {
         delay = RetryDelay(attempt++, Sample(), Now(), absl::InfiniteFuture(), watch_policy);
       }
       log::Warn("control-plane watch stream ended; reconnecting",
-                {{"code", static_cast<int>(status.error_code())},
-                 {"error", status.error_message()},
+                {{"code", static_cast<int>(status.code())},
+                 {"error", std::string(status.message())},
                  {"retry_in", absl::FormatDuration(delay)}});
       absl::MutexLock lock(&mu_);
       auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
@@ -433,11 +374,11 @@ class IdentityClient::Impl {
     }
   }
 
-  void Apply(const v1::WatchResponse& response) {
-    std::vector<std::string> roots(response.trust_bundle_der().begin(),
-                                   response.trust_bundle_der().end());
-    absl::StatusOr<identity::TrustBundle> bundle = identity::TrustBundle::FromDer(roots);
-    absl::StatusOr<tls::DenyList> deny = DenyListFrom(response);
+  void Apply(const WatchSnapshot& response) {
+    absl::StatusOr<identity::TrustBundle> bundle =
+        identity::TrustBundle::FromDer(response.bundle_der);
+    absl::StatusOr<tls::DenyList> deny =
+        tls::DenyList::Create(response.denied_serials, response.denied_spiffe_ids);
     if (!bundle.ok() || !deny.ok()) {
       log::Error("ignoring a malformed Watch update",
                  {{"error", std::string(!bundle.ok() ? bundle.status().message()
@@ -449,11 +390,11 @@ class IdentityClient::Impl {
       status_.watching = true;
       stats_->control_plane_connected = 1;
       status_.control_plane_reachable = true;
-      status_.bundle_version = response.version();
+      status_.bundle_version = response.version;
       pending_bundle_ = *bundle;
       pending_deny_list_ = *deny;
-      if (response.has_renew_before()) {
-        const absl::Time hint = FromProto(response.renew_before());
+      if (response.renew_before.has_value()) {
+        const absl::Time hint = *response.renew_before;
         if (!renew_before_.has_value() || *renew_before_ != hint) {
           renew_before_ = hint;
           renew_hint_changed_ = true;
@@ -467,7 +408,7 @@ class IdentityClient::Impl {
       }
       stats_->trust_bundle_roots = static_cast<int64_t>(bundle->roots().size());
     }
-    log::Info("trust update applied", {{"version", std::to_string(response.version())},
+    log::Info("trust update applied", {{"version", std::to_string(response.version)},
                                        {"roots", bundle->roots().size()},
                                        {"denied", deny->size()}});
     if (on_trust_update) on_trust_update(*deny);
@@ -477,6 +418,7 @@ class IdentityClient::Impl {
   ContextStore* const store_;
   ProxyStats* const stats_;
   const std::string roots_pem_;
+  const std::unique_ptr<ControlPlaneTransport> transport_;
 
   mutable absl::Mutex mu_;
   IdentityClientStatus status_ ABSL_GUARDED_BY(mu_);
@@ -486,7 +428,7 @@ class IdentityClient::Impl {
   bool renew_hint_changed_ ABSL_GUARDED_BY(mu_) = false;
   std::optional<identity::TrustBundle> pending_bundle_ ABSL_GUARDED_BY(mu_);
   std::optional<tls::DenyList> pending_deny_list_ ABSL_GUARDED_BY(mu_);
-  grpc::ClientContext* watch_context_ ABSL_GUARDED_BY(mu_) = nullptr;
+  WatchStream* watch_stream_ ABSL_GUARDED_BY(mu_) = nullptr;
 
   absl::Mutex rng_mu_;
   std::mt19937_64 rng_ ABSL_GUARDED_BY(rng_mu_){std::random_device{}()};
@@ -516,8 +458,14 @@ absl::StatusOr<std::unique_ptr<IdentityClient>> IdentityClient::Create(
     return absl::InvalidArgumentError(
         absl::StrCat("\"", options.root_file, "\": ", parsed.status().message()));
   }
-  return std::unique_ptr<IdentityClient>(new IdentityClient(
-      std::make_unique<Impl>(std::move(options), store, stats, *std::move(roots))));
+  if (!options.transport) {
+    return absl::InvalidArgumentError("no control-plane transport (a program error)");
+  }
+  std::unique_ptr<ControlPlaneTransport> transport = options.transport(TransportOptions{
+      options.control_plane_address, options.control_plane_name, options.transport_log_sink});
+  if (transport == nullptr) return absl::InternalError("cannot create the control-plane transport");
+  return std::unique_ptr<IdentityClient>(new IdentityClient(std::make_unique<Impl>(
+      std::move(options), store, stats, *std::move(roots), std::move(transport))));
 }
 
 IdentityClient::IdentityClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

@@ -12,6 +12,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "proxy/identity/context_store.h"
+#include "proxy/identity/control_plane_transport.h"
 #include "proxy/identity/refresh_policy.h"
 #include "proxy/stats/proxy_stats.h"
 
@@ -35,17 +36,21 @@ struct IdentityClientOptions {
   // Deadline of one IssueCertificate call.
   absl::Duration call_timeout = absl::Seconds(10);
   std::function<absl::Time()> clock;
+  // Makes the wire to the control plane: NewGrpcTransport (grpc_transport.h), or in the proxy
+  // binary the one from the library it loads (transport_loader.h). Required.
+  TransportFactory transport;
+  TransportLogSink transport_log_sink = nullptr;
 };
 
 // What /certs shows about rotation.
 struct IdentityClientStatus {
   absl::Time next_rotation = absl::InfinitePast();
-  std::string last_error;             // empty after a success
+  std::string last_error;  // empty after a success
   absl::Time last_error_time = absl::InfinitePast();
-  uint64_t rotation_count = 0;        // certificates put into use
+  uint64_t rotation_count = 0;  // certificates put into use
   bool control_plane_reachable = false;
-  bool watching = false;               // a Watch stream is open
-  uint64_t bundle_version = 0;         // last Watch snapshot applied
+  bool watching = false;        // a Watch stream is open
+  uint64_t bundle_version = 0;  // last Watch snapshot applied
 };
 
 // The proxy's side of the control plane, run on the control thread (modelled on linkerd's

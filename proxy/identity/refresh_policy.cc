@@ -17,8 +17,8 @@ absl::Time NextRefresh(absl::Time now, const CertificateTimes& cert,
   if (cert.refresh_after.has_value()) {
     at = *cert.refresh_after;  // the control plane already added jitter
   } else {
-    const double fraction = std::clamp(
-        policy.fraction + policy.jitter * (2.0 * jitter_sample - 1.0), 0.05, 0.95);
+    const double fraction =
+        std::clamp(policy.fraction + policy.jitter * (2.0 * jitter_sample - 1.0), 0.05, 0.95);
     at = start + lifetime * fraction;
   }
   if (renew_before.has_value() && *renew_before < at) {

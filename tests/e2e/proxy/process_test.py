@@ -500,6 +500,19 @@ def check_flags(root, client):
           f"both credential modes: exit non-zero saying choose one (exit {rc}: "
           f"{(out + err).strip()!r})")
 
+    # Control-plane mode needs the gRPC client library; a missing one is named at start.
+    token = path("token")
+    with open(token, "w") as f:
+        f.write("x.y.z\n")
+    rc, out, err = run([PROXY, "--control_plane_address=127.0.0.1:1", f"--root_file={root}",
+                        f"--token_file={token}", "--transport_library=/nonexistent/libx.so",
+                        "--admin_address=127.0.0.1:0",
+                        f"--listeners=out:127.0.0.1:0=>127.0.0.1:1@{SERVER_ID}"], timeout=10)
+    check(rc not in (0, None) and "libtrellis-proxy-grpc.so" in out + err
+          and "/nonexistent/libx.so" in out + err,
+          f"a missing --transport_library: exit non-zero naming the library and the path "
+          f"(exit {rc}: {(out + err).strip()[-400:]!r})")
+
     with open(MAIN_CC, encoding="utf-8") as f:
         names = re.findall(r"ABSL_FLAG\(\s*[\w:<>]+\s*,\s*(\w+)\s*,", f.read())
     rc, out, err = run([PROXY, "--help"], timeout=10)
@@ -538,6 +551,12 @@ def main():
             raise Fatal(f"the proxies are not ready: {inbound.admin('/ready')} "
                         f"{outbound.admin('/ready')}")
 
+        # File mode never loads the gRPC client library (a quarter of the proxy's memory).
+        with open(f"/proc/{inbound.proc.pid}/maps", encoding="utf-8") as f:
+            maps = f.read()
+        grpc_libs = sorted({line.split()[-1] for line in maps.splitlines()
+                            if re.search(r"lib(grpc|protobuf|trellis-proxy-grpc)", line)})
+        check(not grpc_libs, f"a file-mode proxy maps no gRPC or protobuf library ({grpc_libs})")
         print("--- 1. curl and openssl s_client against the inbound listener", flush=True)
         check_clients(inbound, root, client, intruder)
         print("--- 2. certificate file reload under traffic", flush=True)

@@ -5,6 +5,7 @@
 
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "proxy/identity/grpc_transport.h"
 #include "tests/control-plane/server/cp_test_server.h"
 
 namespace trellis::proxy {
@@ -44,6 +45,7 @@ class IdentityClientTest : public ::testing::Test {
     options.control_plane_address = "127.0.0.1:" + std::to_string(server_->port());
     options.control_plane_name = "localhost";
     options.root_file = roots_file_;
+    options.transport = NewGrpcTransport;
     return options;
   }
 
