@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <iostream>
 #include <memory>
@@ -33,8 +34,8 @@
 #include "control-plane/auth/tokenreview_authenticator.h"
 #include "control-plane/inject/webhook_server.h"
 #include "control-plane/kube/kube_api.h"
-#include "control-plane/kube/server_version.h"
 #include "control-plane/kube/mesh_configmap_sync.h"
+#include "control-plane/kube/server_version.h"
 #include "control-plane/server/admission.h"
 #include "control-plane/server/ca_manager.h"
 #include "control-plane/server/identity_service.h"
@@ -162,7 +163,10 @@ void OnSignal(int signal) {
 
 [[noreturn]] void Die(absl::string_view what, const absl::Status& status) {
   log::Error(what, {{"error", std::string(status.message())}});
-  std::exit(1);
+  // _exit, not exit: threads already started (workers, file watchers, gRPC) may still be
+  // running, and static destructors run under them crash the process instead of exiting 1.
+  std::fflush(nullptr);
+  _exit(1);
 }
 
 // A client for the cluster's API server: --kube_api_server/--kube_ca_file/--kube_token_file when
@@ -395,7 +399,8 @@ int Run() {
   int bundle_subscription = 0;
   if (absl::GetFlag(FLAGS_mesh_configmap_sync)) {
     absl::StatusOr<std::unique_ptr<kube::KubeApiClient>> client = MakeKubeApiClient();
-    if (!client.ok()) Die("--mesh_configmap_sync: no Kubernetes API configuration", client.status());
+    if (!client.ok())
+      Die("--mesh_configmap_sync: no Kubernetes API configuration", client.status());
     kube_api = *std::move(client);
     kube::MeshConfigMapSyncOptions sync_options;
     sync_options.configmap_name = absl::GetFlag(FLAGS_mesh_configmap_name);
@@ -444,9 +449,10 @@ int Run() {
                    {"sidecar_mode", webhook_options.inject.classic ? "classic" : "native"}});
       } else {
         webhook_options.inject.classic = true;
-        log::Warn("injection: cannot read the API server's version; injecting classic sidecars, "
-                  "which work on every version (set --inject_sidecar_mode=native to choose)",
-                  {{"error", std::string(version.status().message())}});
+        log::Warn(
+            "injection: cannot read the API server's version; injecting classic sidecars, "
+            "which work on every version (set --inject_sidecar_mode=native to choose)",
+            {{"error", std::string(version.status().message())}});
       }
     } else if (mode != "native") {
       Die("bad --inject_sidecar_mode",

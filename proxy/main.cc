@@ -3,7 +3,9 @@
 // libraries under proxy/.
 
 #include <signal.h>
+#include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <iostream>
 #include <memory>
@@ -101,7 +103,10 @@ void TransportLog(int severity, const char* file, int line, const char* message)
 
 [[noreturn]] void Die(absl::string_view what, const absl::Status& status) {
   log::Error(what, {{"error", std::string(status.message())}});
-  std::exit(1);
+  // _exit, not exit: threads already started (workers, file watchers, gRPC) may still be
+  // running, and static destructors run under them crash the process instead of exiting 1.
+  std::fflush(nullptr);
+  _exit(1);
 }
 
 absl::StatusOr<std::map<uint16_t, std::vector<identity::SpiffeIdPattern>>> ParsePortPolicies(
