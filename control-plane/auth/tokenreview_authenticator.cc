@@ -1,6 +1,5 @@
 #include "control-plane/auth/tokenreview_authenticator.h"
 
-#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 #include <algorithm>
@@ -30,14 +29,6 @@ constexpr absl::string_view kServiceAccountPrefix = "system:serviceaccount:";
 constexpr absl::string_view kPodNameExtra = "authentication.kubernetes.io/pod-name";
 // Kubernetes tokens are about 1 KiB; anything much larger is not one.
 constexpr size_t kMaxTokenBytes = 64 * 1024;
-// How much of a string from the API server goes into a status message.
-constexpr size_t kMaxQuotedBytes = 512;
-
-// Overwrites a string that held a token before it is freed.
-void Wipe(std::string& s) {
-  if (!s.empty()) OPENSSL_cleanse(s.data(), s.size());
-  s.clear();
-}
 
 std::string Sha256(absl::string_view data) {
   unsigned char digest[EVP_MAX_MD_SIZE];
@@ -48,18 +39,9 @@ std::string Sha256(absl::string_view data) {
   return std::string(reinterpret_cast<const char*>(digest), len);
 }
 
-// Text from the API server made safe for a status message: the token scrubbed (defence in
-// depth: the API server does not echo it), truncated.
-std::string Quote(absl::string_view text, absl::string_view token) {
-  std::string out(text);
-  if (!token.empty()) out = absl::StrReplaceAll(out, {{token, "<token>"}});
-  if (out.size() > kMaxQuotedBytes) out = absl::StrCat(out.substr(0, kMaxQuotedBytes), "...");
-  return out;
-}
-
 // The message of a Kubernetes Status object in an error answer, if there is one.
 std::string StatusMessage(const std::string& body, absl::string_view token) {
-  return Quote(kube::StatusMessage(body), token);
+  return kube::QuoteForMessage(kube::StatusMessage(body), token);
 }
 
 }  // namespace
@@ -76,7 +58,7 @@ absl::StatusOr<std::unique_ptr<TokenReviewAuthenticator>> TokenReviewAuthenticat
       url.find('/', 8) != absl::string_view::npos) {
     return absl::InvalidArgumentError(absl::StrCat(
         "TokenReview: the API server URL must be https://HOST[:PORT] without a path, got \"",
-        Quote(url, ""), "\""));
+        kube::QuoteForMessage(url, ""), "\""));
   }
   if (options.ca_file.empty()) {
     return absl::InvalidArgumentError("TokenReview: no CA file for the API server was given");
@@ -192,16 +174,16 @@ absl::StatusOr<AuthenticatedIdentity> TokenReviewAuthenticator::Review(absl::str
       {"spec", {{"token", std::string(token)}, {"audiences", {options_.audience}}}},
   };
   std::string request_body = review.dump();
-  Wipe(review["spec"]["token"].get_ref<std::string&>());
+  kube::WipeSecret(review["spec"]["token"].get_ref<std::string&>());
   {
     absl::MutexLock lock(&mu_);
     ++requests_sent_;
   }
   absl::StatusOr<kube::KubeResponse> response = api_->Call("POST", kReviewPath, request_body);
-  Wipe(request_body);
+  kube::WipeSecret(request_body);
   if (!response.ok()) {
     return absl::UnavailableError(
-        absl::StrCat("TokenReview: ", Quote(response.status().message(), token)));
+        absl::StrCat("TokenReview: ", kube::QuoteForMessage(response.status().message(), token)));
   }
   const long http_status = response->http_status;
   const std::string& response_body = response->body;
@@ -243,7 +225,7 @@ absl::StatusOr<AuthenticatedIdentity> TokenReviewAuthenticator::Review(absl::str
     const std::string error = string_field(status, "error");
     return absl::UnauthenticatedError(
         absl::StrCat("TokenReview: the API server did not accept the token: ",
-                     error.empty() ? "no reason given" : Quote(error, token)));
+                     error.empty() ? "no reason given" : kube::QuoteForMessage(error, token)));
   }
 
   std::vector<std::string> audiences;
@@ -253,10 +235,11 @@ absl::StatusOr<AuthenticatedIdentity> TokenReviewAuthenticator::Review(absl::str
     }
   }
   if (std::find(audiences.begin(), audiences.end(), options_.audience) == audiences.end()) {
-    return absl::UnauthenticatedError(absl::StrCat(
-        "TokenReview: the API server did not confirm audience \"", options_.audience,
-        "\" for the token (status.audiences: [", Quote(absl::StrJoin(audiences, ", "), token),
-        "]); mint the token with audience \"", options_.audience, "\""));
+    return absl::UnauthenticatedError(
+        absl::StrCat("TokenReview: the API server did not confirm audience \"", options_.audience,
+                     "\" for the token (status.audiences: [",
+                     kube::QuoteForMessage(absl::StrJoin(audiences, ", "), token),
+                     "]); mint the token with audience \"", options_.audience, "\""));
   }
 
   static const nlohmann::json kEmpty = nlohmann::json::object();
@@ -269,7 +252,8 @@ absl::StatusOr<AuthenticatedIdentity> TokenReviewAuthenticator::Review(absl::str
   }
   if (parts.size() != 2 || parts[0].empty() || parts[1].empty()) {
     return absl::PermissionDeniedError(absl::StrCat(
-        "TokenReview: the token is valid but belongs to user \"", Quote(username, token),
+        "TokenReview: the token is valid but belongs to user \"",
+        kube::QuoteForMessage(username, token),
         "\", not a service account (system:serviceaccount:NAMESPACE:NAME); only service-account "
         "tokens prove a workload identity"));
   }
@@ -277,7 +261,7 @@ absl::StatusOr<AuthenticatedIdentity> TokenReviewAuthenticator::Review(absl::str
       identity::SpiffeId::ForKubernetesServiceAccount(options_.trust_domain, parts[0], parts[1]);
   if (!id.ok()) {
     return absl::PermissionDeniedError(
-        absl::StrCat("TokenReview: service account \"", Quote(username, token),
+        absl::StrCat("TokenReview: service account \"", kube::QuoteForMessage(username, token),
                      "\" does not make a SPIFFE ID: ", id.status().message()));
   }
 

@@ -18,6 +18,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 
 namespace trellis::control_plane::kube {
 namespace {
@@ -31,12 +32,6 @@ constexpr size_t kMaxQuotedBytes = 512;
 void CurlGlobalInit() {
   static std::once_flag once;
   std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
-}
-
-// Overwrites a string that held a token before it is freed.
-void Wipe(std::string& s) {
-  if (!s.empty()) OPENSSL_cleanse(s.data(), s.size());
-  s.clear();
 }
 
 size_t AppendBody(char* data, size_t size, size_t nmemb, void* userdata) {
@@ -59,12 +54,12 @@ absl::StatusOr<std::string> ReadToken(const std::string& path) {
   in.read(content.data(), static_cast<std::streamsize>(content.size()));
   content.resize(static_cast<size_t>(in.gcount()));
   if (content.size() > kMaxTokenBytes) {
-    Wipe(content);
+    WipeSecret(content);
     return absl::UnavailableError(absl::StrCat("the control plane's own token file ", path,
                                                " is larger than ", kMaxTokenBytes, " bytes"));
   }
   std::string token(absl::StripAsciiWhitespace(content));
-  Wipe(content);
+  WipeSecret(content);
   if (token.empty()) {
     return absl::UnavailableError(
         absl::StrCat("the control plane's own token file ", path, " is empty"));
@@ -130,18 +125,18 @@ absl::StatusOr<KubeResponse> KubeApiClient::Call(absl::string_view method, absl:
   absl::StatusOr<std::string> token = ReadToken(config_.token_file);
   if (!token.ok()) return token.status();
   std::string authorization = absl::StrCat("Authorization: Bearer ", *token);
-  Wipe(*token);
+  WipeSecret(*token);
 
   CURL* curl = curl_easy_init();
   if (curl == nullptr) {
-    Wipe(authorization);
+    WipeSecret(authorization);
     return absl::UnavailableError("Kubernetes API: curl_easy_init failed (out of memory?)");
   }
   curl_slist* headers = nullptr;
   headers = curl_slist_append(headers, authorization.c_str());
   headers = curl_slist_append(headers, "Accept: application/json");
   if (!body.empty()) headers = curl_slist_append(headers, "Content-Type: application/json");
-  Wipe(authorization);
+  WipeSecret(authorization);
   absl::Cleanup cleanup = [&] {
     curl_easy_cleanup(curl);
     // curl_slist keeps its own copy of the Authorization header: wipe it too.
@@ -215,6 +210,18 @@ std::string StatusMessage(absl::string_view body) {
   if (message.size() > kMaxQuotedBytes)
     message = absl::StrCat(message.substr(0, kMaxQuotedBytes), "...");
   return message;
+}
+
+void WipeSecret(std::string& s) {
+  if (!s.empty()) OPENSSL_cleanse(s.data(), s.size());
+  s.clear();
+}
+
+std::string QuoteForMessage(absl::string_view text, absl::string_view secret) {
+  std::string out(text);
+  if (!secret.empty()) out = absl::StrReplaceAll(out, {{secret, "<token>"}});
+  if (out.size() > kMaxQuotedBytes) out = absl::StrCat(out.substr(0, kMaxQuotedBytes), "...");
+  return out;
 }
 
 }  // namespace trellis::control_plane::kube

@@ -69,4 +69,11 @@ class KubeApiClient : public KubeApi {
 // truncated for logs.
 std::string StatusMessage(absl::string_view body);
 
+// Overwrites a string that held a secret (a token) before it is freed.
+void WipeSecret(std::string& s);
+
+// Text from the API server made safe for a status message: `secret` (when given) replaced by
+// "<token>" (defence in depth: the API server does not echo it), and truncated to 512 bytes.
+std::string QuoteForMessage(absl::string_view text, absl::string_view secret = "");
+
 }  // namespace trellis::control_plane::kube
