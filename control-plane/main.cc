@@ -434,10 +434,13 @@ int Run() {
       webhook_options.inject.classic = true;
     } else if (mode == "auto") {
       // Asked once: an API server upgrade restarts control planes anyway (rolling update).
+      // The ConfigMap sync's client when there is one; a client of its own otherwise.
       absl::StatusOr<kube::ServerVersion> version =
           absl::InternalError("no Kubernetes API configuration");
-      absl::StatusOr<std::unique_ptr<kube::KubeApiClient>> client = MakeKubeApiClient();
-      if (client.ok()) {
+      if (kube_api != nullptr) {
+        version = kube::FetchServerVersion(*kube_api);
+      } else if (absl::StatusOr<std::unique_ptr<kube::KubeApiClient>> client = MakeKubeApiClient();
+                 client.ok()) {
         version = kube::FetchServerVersion(**client);
       } else {
         version = client.status();

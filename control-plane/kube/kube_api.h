@@ -40,6 +40,8 @@ struct KubeResponse {
 };
 
 // The calls the sync needs, as an interface so tests can substitute an in-memory API server.
+// Implementations are thread-safe (KubeApiClient: each call has its own connection), so one client
+// serves the ConfigMap sync's thread and start-up calls alike.
 class KubeApi {
  public:
   virtual ~KubeApi() = default;
