@@ -77,9 +77,10 @@ struct TransportOptions {
   TransportLogSink log_sink = nullptr;  // null: the transport's default (stderr)
 };
 
-// Every call opens its own connection: credentials change between calls (a renewal presents the
-// current certificate; trust follows root rotation), and our retry schedule, not a shared
-// channel's reconnect backoff, decides when to try again.
+// Calls with the same credentials share a connection (in token mode: the Watch stream and every
+// renewal); new credentials (a renewal presenting the current certificate, trust that followed a
+// root rotation) get a new one. The identity client's retry schedule decides when to try again;
+// a connection's own reconnect backoff is capped at 2 s.
 class ControlPlaneTransport {
  public:
   virtual ~ControlPlaneTransport() = default;

@@ -1,5 +1,6 @@
 #include "proxy/identity/identity_client.h"
 
+#include <algorithm>
 #include <random>
 
 #include "absl/strings/ascii.h"
@@ -91,8 +92,15 @@ class IdentityClient::Impl {
         file.ok() && identity::TrustBundle::FromPem(*file).ok()) {
       pem = *std::move(file);
     }
+    // Only the pushed roots the file lacks are added: the same roots give the same text, so
+    // calls keep sharing one connection (see ControlPlaneTransport) until trust really changes.
     if (std::optional<Credentials> current = store_->credentials(); current.has_value()) {
-      pem += current->bundle.ToPem();
+      absl::StatusOr<identity::TrustBundle> pinned = identity::TrustBundle::FromPem(pem);
+      for (const identity::Certificate& root : current->bundle.roots()) {
+        const bool known = pinned.ok() && std::find(pinned->roots().begin(), pinned->roots().end(),
+                                                    root) != pinned->roots().end();
+        if (!known) pem += root.ToPem();
+      }
     }
     return pem;
   }

@@ -1,7 +1,14 @@
 // The proxy's identity client against a real in-process control plane over gRPC + TLS.
 #include "proxy/identity/identity_client.h"
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <fstream>
+#include <thread>
+#include <vector>
 
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
@@ -29,6 +36,78 @@ bool WaitFor(const std::function<bool()>& done, absl::Duration timeout) {
   }
   return done();
 }
+
+// A TCP relay in front of the control plane that counts the connections it accepts: how many TLS
+// handshakes the control plane had to do for this client.
+class CountingRelay {
+ public:
+  explicit CountingRelay(int upstream_port) : upstream_port_(upstream_port) {
+    listener_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+        listen(listener_, 16) != 0 ||
+        getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      ADD_FAILURE() << "cannot listen";
+      return;
+    }
+    port_ = ntohs(addr.sin_port);
+    accept_thread_ = std::thread([this] { AcceptLoop(); });
+  }
+  ~CountingRelay() {
+    stopping_ = true;
+    shutdown(listener_, SHUT_RDWR);
+    close(listener_);
+    accept_thread_.join();
+    for (int fd : fds_) shutdown(fd, SHUT_RDWR);
+    for (std::thread& t : pumps_) t.join();
+    for (int fd : fds_) close(fd);
+  }
+  int port() const { return port_; }
+  int accepted() const { return accepted_.load(); }
+
+ private:
+  void AcceptLoop() {
+    while (!stopping_) {
+      const int client = accept(listener_, nullptr, nullptr);
+      if (client < 0) return;
+      const int server = socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in addr{};
+      addr.sin_family = AF_INET;
+      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      addr.sin_port = htons(static_cast<uint16_t>(upstream_port_));
+      if (connect(server, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+        close(client);
+        close(server);
+        continue;
+      }
+      accepted_.fetch_add(1);
+      fds_.push_back(client);
+      fds_.push_back(server);
+      pumps_.emplace_back([client, server] { Pump(client, server); });
+      pumps_.emplace_back([client, server] { Pump(server, client); });
+    }
+  }
+  static void Pump(int from, int to) {
+    char buf[16384];
+    for (;;) {
+      const ssize_t n = recv(from, buf, sizeof(buf), 0);
+      if (n <= 0 || send(to, buf, static_cast<size_t>(n), MSG_NOSIGNAL) != n) break;
+    }
+    shutdown(to, SHUT_WR);
+  }
+
+  const int upstream_port_;
+  int listener_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stopping_{false};
+  std::atomic<int> accepted_{0};
+  std::thread accept_thread_;
+  std::vector<int> fds_;  // touched by the accept thread only until it is joined
+  std::vector<std::thread> pumps_;
+};
 
 class IdentityClientTest : public ::testing::Test {
  protected:
@@ -125,6 +204,24 @@ TEST_F(IdentityClientTest, RenewalNamingAnotherIdentityIsRefusedAndTheOldOneKept
   EXPECT_GE(stats_.renewal_failures.load(), 1u);
   // The control plane did issue it: the refusal is the proxy's own check.
   EXPECT_GE(server_->metrics().issuances("ok", "kubernetes_jwt"), 2u);
+  client->Stop();
+}
+
+// In token mode the Watch stream and every renewal share one connection: a renewal costs the
+// control plane no TLS handshake (which costs it several times the issuance itself).
+TEST_F(IdentityClientTest, TokenRenewalsRideTheWatchConnection) {
+  CountingRelay relay(server_->port());
+  IdentityClientOptions options = Options();
+  options.control_plane_address = "127.0.0.1:" + std::to_string(relay.port());
+  options.token_file = WriteFile("token", server_->KubernetesToken("shop", "web"));
+  options.requested_ttl = absl::Seconds(2);
+  auto client = *IdentityClient::Create(options, &store_, &stats_);
+  client->Start();
+  ASSERT_TRUE(WaitFor([&] { return client->status().rotation_count >= 3; }, absl::Seconds(15)))
+      << client->status().last_error;
+  ASSERT_TRUE(WaitFor([&] { return client->status().watching; }, absl::Seconds(5)));
+  EXPECT_EQ(relay.accepted(), 1) << "one connection for the Watch stream and 3 issuances";
+  EXPECT_GE(server_->metrics().issuances("ok", "kubernetes_jwt"), 3u);
   client->Stop();
 }
 
