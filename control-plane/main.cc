@@ -88,6 +88,10 @@ ABSL_FLAG(std::string, join_tokens_file, "",
           "Join tokens for workloads outside Kubernetes (mode 0600; trellisctl join-token "
           "create). Re-read when it changes.");
 ABSL_FLAG(absl::Duration, default_ttl, absl::Hours(1), "Workload certificate lifetime by default.");
+ABSL_FLAG(absl::Duration, max_connection_age, absl::Minutes(30),
+          "Close each proxy's gRPC connection this long after it opened (GOAWAY, then 10 s "
+          "grace), so that Watch streams and renewals spread over replicas added since; 0: "
+          "never.");
 ABSL_FLAG(absl::Duration, min_ttl, absl::Minutes(1),
           "Shortest lifetime a request may ask for (down to 1s, for tests).");
 ABSL_FLAG(absl::Duration, max_ttl, absl::Hours(24),
@@ -380,6 +384,12 @@ int Run() {
                            grpc::experimental::TlsServerCredentials(tls_options), &grpc_port);
   builder.RegisterService(&service);
   PrepareIssuanceServer(&builder);
+  const absl::Duration max_connection_age = absl::GetFlag(FLAGS_max_connection_age);
+  if (max_connection_age < absl::ZeroDuration() || max_connection_age > absl::Hours(24 * 24)) {
+    Die("bad --max_connection_age",
+        absl::InvalidArgumentError("use 0 (never) or a duration up to 24 days, e.g. 30m"));
+  }
+  SetMaxConnectionAge(&builder, max_connection_age, absl::Seconds(10));
   // Detect dead proxies on idle Watch streams; allow their keepalive pings.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);

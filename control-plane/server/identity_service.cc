@@ -172,6 +172,14 @@ void PrepareIssuanceServer(grpc::ServerBuilder* builder) {
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 }
 
+void SetMaxConnectionAge(grpc::ServerBuilder* builder, absl::Duration age, absl::Duration grace) {
+  if (age <= absl::ZeroDuration()) return;
+  builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                              static_cast<int>(absl::ToInt64Milliseconds(age)));
+  builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                              static_cast<int>(absl::ToInt64Milliseconds(grace)));
+}
+
 // === impl IdentityService ===
 
 IdentityService::IdentityService(IdentityServiceOptions options, CaManager* ca, MeshState* mesh,

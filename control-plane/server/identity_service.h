@@ -106,6 +106,12 @@ class IdentityService final : public trellis::identity::v1::Identity::WithCallba
 //    detector is a debugging aid, so it is switched off for the whole process.
 void PrepareIssuanceServer(grpc::ServerBuilder* builder);
 
+// Ends every client connection `age` after it opened (+/-10%, gRPC's jitter): a GOAWAY, then the
+// connection closes `grace` later, cutting a Watch stream that is still open. Proxies reconnect
+// through the Service, so connections (Watch streams and the renewals that share them) spread
+// over replicas added since, as istiod's 30-minute max connection age does. Zero: never.
+void SetMaxConnectionAge(grpc::ServerBuilder* builder, absl::Duration age, absl::Duration grace);
+
 inline constexpr int kIssuanceServerMaxPollers = 64;
 
 // The trailing-metadata key that carries a retry hint in milliseconds on RESOURCE_EXHAUSTED and

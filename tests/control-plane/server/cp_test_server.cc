@@ -205,6 +205,7 @@ bool CpTestServer::Init(CpTestServerOptions options) {
                            &port_);
   builder.RegisterService(service_.get());
   PrepareIssuanceServer(&builder);  // as control-plane/main.cc does
+  SetMaxConnectionAge(&builder, options.max_connection_age, options.max_connection_age_grace);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);

@@ -56,6 +56,9 @@ struct CpTestServerOptions {
     return options;
   }();
   absl::Duration renew_spread = absl::Minutes(5);
+  // SetMaxConnectionAge; zero: never.
+  absl::Duration max_connection_age = absl::ZeroDuration();
+  absl::Duration max_connection_age_grace = absl::Seconds(10);
 };
 
 // A TLS client identity (PEM), presented for renewal calls.

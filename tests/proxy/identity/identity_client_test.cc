@@ -277,6 +277,38 @@ TEST_F(IdentityClientTest, RenewBeforeHintMovesTheNextRotationForward) {
   client->Stop();
 }
 
+// A control plane that ages connections out (--max_connection_age) moves the Watch stream to a
+// new connection each time; trust updates keep arriving and the certificate stays.
+TEST(IdentityClientConnectionAgeTest, WatchFollowsConnectionsTheControlPlaneAgesOut) {
+  CpTestServerOptions server_options;
+  server_options.max_connection_age = absl::Milliseconds(500);
+  server_options.max_connection_age_grace = absl::Milliseconds(200);
+  std::unique_ptr<CpTestServer> server = CpTestServer::Start(server_options);
+  ASSERT_NE(server, nullptr);
+  CountingRelay relay(server->port());
+  IdentityClientOptions options;
+  options.control_plane_address = "127.0.0.1:" + std::to_string(relay.port());
+  options.control_plane_name = "localhost";
+  options.root_file = WriteFile("aged-roots.pem", server->client_roots_pem());
+  options.token_file = WriteFile("aged-token", server->KubernetesToken("shop", "web"));
+  options.transport = NewGrpcTransport;
+  ContextStore store;
+  ProxyStats stats;
+  auto client = *IdentityClient::Create(options, &store, &stats);
+  client->Start();
+  ASSERT_TRUE(client->WaitForFirstCertificate(absl::Seconds(10)));
+  const std::string serial = store.credentials()->chain.front().serial_hex();
+  ASSERT_TRUE(WaitFor([&] { return relay.accepted() >= 3; }, absl::Seconds(15)))
+      << "connections: " << relay.accepted();
+  // Still watching, on a newer connection: an update reaches the proxy.
+  server->mesh().SetDenyList(*tls::DenyList::Create({"abc123"}, {}));
+  ASSERT_TRUE(WaitFor([&] { return store.credentials()->deny_list.IsSerialDenied("abc123"); },
+                      absl::Seconds(10)));
+  EXPECT_EQ(store.credentials()->chain.front().serial_hex(), serial);
+  EXPECT_EQ(client->status().rotation_count, 1u);
+  client->Stop();
+}
+
 TEST(IdentityClientCreateTest, RefusesMissingSettingsWithClearErrors) {
   ContextStore store;
   ProxyStats stats;
