@@ -116,8 +116,12 @@ class FileCredentialSourceTest : public ::testing::Test {
     return creds.has_value() ? creds->chain.front().serial_hex() : "";
   }
 
+  // The store has `leaf`, and the source has finished publishing it: its counters are updated
+  // and then its "credentials loaded" line (with "serial":"...") is written, just after the store.
   bool Published(const testing::TestLeaf& leaf) {
-    return WaitFor([&] { return Serial() == leaf.chain.front().serial_hex(); });
+    const std::string serial = leaf.chain.front().serial_hex();
+    const std::string logged = absl::StrCat("\"serial\":\"", serial, "\"");
+    return WaitFor([&] { return Serial() == serial && Log().find(logged) != std::string::npos; });
   }
 
   std::string Log() const { return ReadAll(log_path_); }
