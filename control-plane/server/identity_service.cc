@@ -10,6 +10,7 @@
 #include "common/identity/csr.h"
 #include "common/log/json_log.h"
 #include "common/tls/peer_verifier.h"
+#include "proto/time_convert.h"
 
 namespace trellis::control_plane {
 namespace {
@@ -43,22 +44,6 @@ absl::string_view ResultLabel(absl::StatusCode code) {
     default:
       return "internal";
   }
-}
-
-google::protobuf::Duration DurationProto(absl::Duration d) {
-  google::protobuf::Duration out;
-  const int64_t nanos = absl::ToInt64Nanoseconds(d);
-  out.set_seconds(nanos / 1000000000);
-  out.set_nanos(static_cast<int32_t>(nanos % 1000000000));
-  return out;
-}
-
-google::protobuf::Timestamp ToProto(absl::Time t) {
-  google::protobuf::Timestamp ts;
-  const int64_t nanos = absl::ToUnixNanos(t);
-  ts.set_seconds(nanos / 1000000000);
-  ts.set_nanos(static_cast<int32_t>(nanos % 1000000000));
-  return ts;
 }
 
 }  // namespace
@@ -344,10 +329,10 @@ grpc::Status IdentityService::IssueCertificate(grpc::ServerContext* context,
       std::uniform_real_distribution<double> jitter(-options_.refresh_jitter,
                                                     options_.refresh_jitter);
       const double fraction = std::clamp(options_.refresh_fraction + jitter(rng), 0.1, 0.9);
-      *response->mutable_not_after() = ToProto(not_after);
-      *response->mutable_refresh_after() = ToProto(now + lifetime * fraction);
-      *response->mutable_refresh_in() = DurationProto(lifetime * fraction);
-      *response->mutable_valid_for() = DurationProto(lifetime);
+      *response->mutable_not_after() = ::trellis::proto::TimeToProto(not_after);
+      *response->mutable_refresh_after() = ::trellis::proto::TimeToProto(now + lifetime * fraction);
+      *response->mutable_refresh_in() = ::trellis::proto::DurationToProto(lifetime * fraction);
+      *response->mutable_valid_for() = ::trellis::proto::DurationToProto(lifetime);
       response->set_spiffe_id(outcome.spiffe_id);
       if (log::Enabled(log::Level::kDebug)) {  // the fields cost a few us to build
         log::Debug("certificate issued", {{"spiffe_id", outcome.spiffe_id},
@@ -431,7 +416,7 @@ class IdentityService::WatchReactor : public grpc::ServerWriteReactor<WatchRespo
       response_.add_denied()->set_spiffe_id(id);
     }
     if (pending_->renew_before.has_value()) {
-      *response_.mutable_renew_before() = ToProto(*pending_->renew_before);
+      *response_.mutable_renew_before() = ::trellis::proto::TimeToProto(*pending_->renew_before);
     }
     pending_.reset();
     writing_ = true;

@@ -10,6 +10,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
+#include "proto/time_convert.h"
 #include "trellis/identity/v1/identity.grpc.pb.h"
 
 namespace trellis::proxy {
@@ -17,21 +18,8 @@ namespace {
 
 namespace v1 = trellis::identity::v1;
 
-absl::Time FromProto(const google::protobuf::Timestamp& ts) {
-  return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
-}
-
-absl::Duration FromProto(const google::protobuf::Duration& d) {
-  return absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
-}
-
-google::protobuf::Duration ToProto(absl::Duration d) {
-  google::protobuf::Duration out;
-  const int64_t nanos = absl::ToInt64Nanoseconds(d);
-  out.set_seconds(nanos / 1000000000);
-  out.set_nanos(static_cast<int32_t>(nanos % 1000000000));
-  return out;
-}
+using ::trellis::proto::DurationToProto;
+using ::trellis::proto::FromProto;
 
 absl::Status ToAbsl(const grpc::Status& status) {
   // absl and gRPC share the canonical code numbers.
@@ -93,7 +81,7 @@ class GrpcTransport final : public ControlPlaneTransport {
     v1::IssueCertificateRequest request;
     request.set_csr_der(call.csr_der);
     if (call.requested_ttl > absl::ZeroDuration()) {
-      *request.mutable_requested_ttl() = ToProto(call.requested_ttl);
+      *request.mutable_requested_ttl() = DurationToProto(call.requested_ttl);
     }
     if (!call.kubernetes_token.empty()) {
       request.set_kubernetes_token(call.kubernetes_token);

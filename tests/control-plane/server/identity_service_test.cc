@@ -25,6 +25,7 @@
 #include "control-plane/auth/join_token_store.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "proto/time_convert.h"
 #include "tests/control-plane/server/cp_test_server.h"
 
 namespace trellis::control_plane::testing {
@@ -35,9 +36,7 @@ using ::testing::HasSubstr;
 using trellis::identity::v1::IssueCertificateRequest;
 using trellis::identity::v1::IssueCertificateResponse;
 
-absl::Time FromProto(const google::protobuf::Timestamp& ts) {
-  return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
-}
+using ::trellis::proto::FromProto;
 
 std::vector<identity::Certificate> ParseChain(const IssueCertificateResponse& response) {
   std::vector<identity::Certificate> chain;
