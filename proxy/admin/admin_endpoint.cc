@@ -67,20 +67,13 @@ void AdminEndpoint::Register(admin::HttpAdmin* http) {
   http->Handle("/stats/prometheus", [this] { return Prometheus(); });
   http->Handle("/certs", [this] { return Certs(); });
   http->Handle("/config_dump", [this] { return ConfigDump(); });
-  // HttpAdmin hands a handler no request, so GET and POST /drain are told apart by order: its
-  // Handle() always adds a GET route, and the server runs the first route that matches. The
-  // first registration below therefore answers every GET, the second only POST.
-  // TODO: pass the method to handlers in common/admin and register one method-aware route.
   http->Handle("/drain", [] {
     return Text(405, "method not allowed: start draining with POST /drain (curl -X POST ...)");
   });
-  http->Handle(
-      "/drain",
-      [this] {
-        Drain();
-        return Text(200, "draining");
-      },
-      /*allow_post=*/true);
+  http->HandlePost("/drain", [this] {
+    Drain();
+    return Text(200, "draining");
+  });
   if (options_.app_prober != nullptr) options_.app_prober->Register(http);
 }
 

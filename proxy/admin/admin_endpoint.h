@@ -20,8 +20,8 @@
 //
 // Nothing any route returns contains key material.
 //
-// Threading: the handlers run on the HttpAdmin's thread; so do the callbacks, which must therefore
-// be thread-safe. Drain() may also be called from the control thread (SIGTERM). The endpoint
+// Threading: the handlers run on the HttpAdmin's connection threads, several at once; so do the
+// callbacks, which must therefore be thread-safe. Drain() may also be called from the control thread (SIGTERM). The endpoint
 // must outlive the HttpAdmin's serving: stop the HttpAdmin before destroying it.
 
 #include <atomic>

@@ -535,7 +535,7 @@ void AppProber::Register(admin::HttpAdmin* http) {
                                 ? "none (TRELLIS_APP_PROBES is empty: no HTTP probe was rewritten)"
                                 : absl::StrJoin(routes, ", ");
   // The admin server matches routes in registration order: the exact routes above win.
-  http->Handle("/app-health/.*", [known] {
+  http->Handle("/app-health/*", [known] {
     return Text(404, absl::StrCat("no such app probe; this proxy serves: ", known));
   });
 }

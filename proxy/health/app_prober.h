@@ -30,11 +30,11 @@
 //   not HTTP / TLS      503 with the reason
 //   too many at once    503 "busy": at most Options::max_in_flight_per_route probes of one route
 //                       and Options::max_in_flight in all run at once, so a hung app holds only
-//                       that many of the admin server's threads (8): the other admin routes
+//                       that many of the admin server's 16 connection slots: the other routes
 //                       (/ready, /stats/prometheus, ...) keep answering, and a hung container
 //                       does not starve its healthy neighbours' probes. (The kubelet sends one
 //                       probe per route at a time, and gives up after the same timeoutSeconds.)
-// Probes never touch the data plane: they run on the admin server's threads.
+// Probes never touch the data plane: they run on the admin server's connection threads.
 //
 // The process must ignore SIGPIPE (trellis-proxy does): OpenSSL writes with write(2).
 
@@ -93,7 +93,7 @@ class AppProber {
  public:
   struct Options {
     // Probes running at once, over all routes; more are answered 503 "busy" at once. Keep it
-    // below the admin server's thread count (8) so that other admin routes always have threads.
+    // well below HttpAdmin::kMaxConnections (16) so that other admin routes always get served.
     int max_in_flight = 6;
     // Probes of one route running at once.
     int max_in_flight_per_route = 2;

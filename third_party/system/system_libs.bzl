@@ -69,6 +69,28 @@ def _system_libs_impl(ctx):
         build.append(")")
         build.append("")
 
+    # static_link: for a binary that runs in every pod (trellis-proxy). OpenSSL, abseil and
+    # libstdc++ come from their static archives instead of shared objects: only the members the
+    # binary uses are linked, none of their relocations are processed at start, and
+    # --exclude-libs keeps the copies private, so a library loaded later (the gRPC transport,
+    # which brings the shared ones) cannot bind to them. A non-PIE binary needs no relocation of
+    # its own tables either. The group comes before the shared -l flags of the same libraries
+    # (a binary's own linkopts are placed first), which --as-needed then drops.
+    absl_static = []
+    for flag in _pkg_config(ctx, ["--libs", "--static"] + _PKG_CONFIG_LIBS["absl"]):
+        if flag.startswith("-labsl_"):
+            archive = "-l:lib%s.a" % flag[2:]
+            if archive not in absl_static:
+                absl_static.append(archive)
+    static_link = (["-Wl,--as-needed", "-Wl,--start-group", "-l:libssl.a", "-l:libcrypto.a"] +
+                   absl_static + ["-l:libstdc++.a", "-Wl,--end-group", "-static-libgcc",
+                                  "-Wl,--exclude-libs,ALL", "-no-pie", "-ldl", "-lpthread"])
+    build.append("cc_library(")
+    build.append("    name = \"static_link\",")
+    build.append("    linkopts = %r," % static_link)
+    build.append(")")
+    build.append("")
+
     header = _BORINGSSL_INCLUDE + "/openssl/is_boringssl.h"
     if ctx.path(header).exists:
         ctx.symlink(_BORINGSSL_INCLUDE, "boringssl_include")
