@@ -15,7 +15,7 @@ namespace trellis::admin {
 //
 // Our own code rather than a library: the proxy runs in every pod, and this replaces a dependency
 // that cost ~0.5 MB resident, 8 idle threads and pulled shared OpenSSL into a binary that links
-// it statically (see proxy/README.md, "Memory").
+// it statically (see bench/proxy/README.md, "Memory").
 class HttpAdmin {
  public:
   // What a handler returns: status code, content type and body.
