@@ -18,8 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
 CONTROL_PLANE, TRELLISCTL = (os.path.abspath(p) for p in sys.argv[1:3])
 
@@ -168,14 +166,7 @@ class ControlPlane:
 
     def get(self, endpoint, timeout=5.0):
         """GET http://127.0.0.1:ADMIN/endpoint; returns (status, body) or (None, error)."""
-        url = f"http://127.0.0.1:{self.admin_port}{endpoint}"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                return response.status, response.read().decode("utf-8", "replace")
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode("utf-8", "replace")
-        except (urllib.error.URLError, OSError) as e:
-            return None, str(e)
+        return harness.http_get(self.admin_port, endpoint, timeout)
 
     def metrics(self):
         status, body = self.get("/metrics")

@@ -13,6 +13,8 @@ import os
 import signal
 import sys
 import time
+import urllib.error
+import urllib.request
 
 FAILURES = []   # messages of failed checks, in order
 PROCESSES = []  # subprocess.Popen of everything started; killed by kill_all()
@@ -101,3 +103,15 @@ def log_entries(log_path):
     except FileNotFoundError:
         pass
     return entries
+
+
+def http_get(port, endpoint, timeout=3.0):
+    """GET http://127.0.0.1:PORT/endpoint; returns (status, body), or (None, error text)."""
+    url = f"http://127.0.0.1:{port}{endpoint}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError) as e:
+        return None, str(e)

@@ -19,8 +19,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TRUST_DOMAIN = "cluster.local"
@@ -51,15 +49,7 @@ def run(args, timeout=COMMAND_TIMEOUT, env=None):
     return done.returncode, done.stdout, done.stderr
 
 
-def http_get(port, endpoint, timeout=3.0):
-    url = f"http://127.0.0.1:{port}{endpoint}"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError) as e:
-        return None, str(e)
+http_get = harness.http_get
 
 
 def parse_prometheus(text):
