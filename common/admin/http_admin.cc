@@ -33,8 +33,8 @@ namespace {
 constexpr size_t kMaxHeadBytes = 16 * 1024;
 // A request body (nothing here reads one) is drained up to this size so the client sees the answer.
 constexpr size_t kMaxBodyBytes = 64 * 1024;
-// How long a client may take to send its request, and a response may wait for the client to read.
-constexpr int kIoTimeoutSeconds = 10;
+// How long a response may wait for the client to read it.
+constexpr int kSendTimeoutSeconds = 10;
 
 struct Route {
   std::string method;
@@ -147,16 +147,36 @@ bool ParseHead(absl::string_view head, ParsedHead* out, HttpAdmin::Response* ref
   return true;
 }
 
-// Ends our side, then reads what the client still sends (bounded) until it closes: closing with
-// unread bytes would send a reset, which can destroy the answer before the client has read it.
+// recv() that gives up at `deadline`: -1 with errno ETIMEDOUT once it has passed.
+ssize_t RecvBefore(int fd, char* buffer, size_t size,
+                   std::chrono::steady_clock::time_point deadline) {
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      errno = ETIMEDOUT;
+      return -1;
+    }
+    pollfd p{fd, POLLIN, 0};
+    const int ready = poll(&p, 1, static_cast<int>(left.count()));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready < 0) return -1;
+    if (ready == 0) continue;  // the loop checks the deadline
+    const ssize_t n = recv(fd, buffer, size, 0);
+    if (n < 0 && errno == EINTR) continue;
+    return n;
+  }
+}
+
+// Ends our side, then reads what the client still sends (at most 64 KiB, for at most a second)
+// until it closes: closing with unread bytes would send a reset, which can destroy the answer
+// before the client has read it.
 void LingerBeforeClose(int fd) {
   shutdown(fd, SHUT_WR);
-  const timeval timeout{1, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(1);
   char chunk[4096];
   for (size_t discarded = 0; discarded < kMaxBodyBytes;) {
-    const ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
-    if (n < 0 && errno == EINTR) continue;
+    const ssize_t n = RecvBefore(fd, chunk, sizeof(chunk), deadline);
     if (n <= 0) return;
     discarded += static_cast<size_t>(n);
   }
@@ -165,6 +185,7 @@ void LingerBeforeClose(int fd) {
 }  // namespace
 
 struct HttpAdmin::State {
+  std::chrono::steady_clock::duration request_timeout;
   std::vector<Route> routes;
   int listen_fd = -1;
   int wake_fd = -1;  // eventfd: Stop() makes it readable to end the accept loop
@@ -215,8 +236,7 @@ void HttpAdmin::State::AcceptLoop() {
       }
       continue;
     }
-    const timeval timeout{kIoTimeoutSeconds, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    const timeval timeout{kSendTimeoutSeconds, 0};
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
     std::lock_guard<std::mutex> lock(mu);
     if (ReapLocked() >= kMaxConnections) {
@@ -243,6 +263,7 @@ void HttpAdmin::State::AcceptLoop() {
 }
 
 void HttpAdmin::State::Serve(int fd) {
+  const auto deadline = std::chrono::steady_clock::now() + request_timeout;
   std::string buffer;
   size_t head_end = std::string::npos;
   char chunk[4096];
@@ -251,8 +272,7 @@ void HttpAdmin::State::Serve(int fd) {
       SendResponse(fd, Text(431, "request head larger than 16 KiB"), false);
       return;
     }
-    const ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
-    if (n < 0 && errno == EINTR) continue;
+    const ssize_t n = RecvBefore(fd, chunk, sizeof(chunk), deadline);
     if (n <= 0) return;  // closed, reset, or too slow: nobody to answer
     buffer.append(chunk, static_cast<size_t>(n));
     head_end = buffer.find("\r\n\r\n");
@@ -266,8 +286,7 @@ void HttpAdmin::State::Serve(int fd) {
   // Drain a (small) body so that closing does not reset the connection before the answer is read.
   size_t body_left = head.body_bytes - std::min(head.body_bytes, buffer.size() - head_end - 4);
   while (body_left > 0) {
-    const ssize_t n = recv(fd, chunk, std::min(sizeof(chunk), body_left), 0);
-    if (n < 0 && errno == EINTR) continue;
+    const ssize_t n = RecvBefore(fd, chunk, std::min(sizeof(chunk), body_left), deadline);
     if (n <= 0) return;
     body_left -= static_cast<size_t>(n);
   }
@@ -295,7 +314,9 @@ void HttpAdmin::State::Serve(int fd) {
   SendResponse(fd, Text(404, absl::StrCat("no such endpoint: ", head.path)), head_only);
 }
 
-HttpAdmin::HttpAdmin() : state_(std::make_unique<State>()) {}
+HttpAdmin::HttpAdmin(absl::Duration request_timeout) : state_(std::make_unique<State>()) {
+  state_->request_timeout = absl::ToChronoNanoseconds(request_timeout);
+}
 
 HttpAdmin::~HttpAdmin() { Stop(); }
 

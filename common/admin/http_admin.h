@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 namespace trellis::admin {
 
@@ -29,7 +30,9 @@ class HttpAdmin {
   // Connections served at once; one more is answered 503 and closed.
   static constexpr int kMaxConnections = 16;
 
-  HttpAdmin();
+  // `request_timeout`: how long a client may take to send its whole request (head and body); a
+  // client trickling bytes holds a connection slot no longer than that.
+  explicit HttpAdmin(absl::Duration request_timeout = absl::Seconds(10));
   ~HttpAdmin();
   HttpAdmin(const HttpAdmin&) = delete;
   HttpAdmin& operator=(const HttpAdmin&) = delete;

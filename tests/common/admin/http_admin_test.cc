@@ -208,6 +208,33 @@ TEST_F(HttpAdminTest, ConnectionsBeyondTheLimitAreTold503) {
   EXPECT_THAT(answer, StartsWith("HTTP/1.1 404 "));  // no /ready route here: served, not refused
 }
 
+// A client that trickles its request a byte at a time is cut at the request deadline, with no
+// answer, so it cannot hold one of the few connection slots for long.
+TEST(HttpAdminDeadlineTest, ATricklingClientIsCutAtTheRequestDeadline) {
+  HttpAdmin http(absl::Milliseconds(400));
+  http.Handle("/ready", [] { return HttpAdmin::Response{}; });
+  absl::StatusOr<int> port = http.Start("127.0.0.1", 0);
+  ASSERT_TRUE(port.ok()) << port.status();
+  const int fd = Connect(*port);
+  const std::string request = "GET /ready HTTP/1.1\r\nHost: x\r\n\r\n";
+  bool cut = false;
+  // One byte every 100 ms: each arrives well within any per-read timeout; the whole request
+  // would take 3.5 s.
+  for (char c : request) {
+    if (send(fd, &c, 1, MSG_NOSIGNAL) != 1) {
+      cut = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const std::string answer = ReadToEof(fd);
+  close(fd);
+  EXPECT_TRUE(cut) << "the server read the whole trickled request";
+  EXPECT_EQ(answer, "");
+  // A prompt client is still served.
+  EXPECT_THAT(Get(*port, "/ready"), StartsWith("HTTP/1.1 200 OK\r\n"));
+}
+
 TEST_F(HttpAdminTest, StopCutsIdleConnectionsAndFreesThePort) {
   http_.Handle("/ready", [] { return HttpAdmin::Response{}; });
   StartServer();
