@@ -34,7 +34,7 @@ Worker::Worker(const ProxyOptions* options, const std::vector<ResolvedListener>*
       stats_(std::make_unique<WorkerStats>()),
       buffer_pool_(options->buffer_bytes, kFreeRelayBlocks, &stats_->relay_buffer_bytes),
       tls_record_pool_(Endpoint::TlsRecordBlockBytes(options->buffer_bytes), kFreeRelayBlocks,
-                       &stats_->relay_buffer_bytes),
+                       &stats_->tls_record_buffer_bytes),
       loop_(std::move(loop)) {}
 
 Worker::~Worker() { Stop(); }

@@ -59,10 +59,9 @@ std::string RenderPrometheus(const std::vector<const WorkerStats*>& workers,
   std::string out;
   Header(&out, "trellis_proxy_connections_total", "counter", "Connections accepted.");
   for (size_t d = 0; d < 2; ++d) {
-    absl::StrAppend(&out, "trellis_proxy_connections_total{direction=\"", kDirectionLabels[d],
-                    "\"} ",
-                    Sum(workers, [&](const WorkerStats& w) { return w.connections_total[d].load(); }),
-                    "\n");
+    absl::StrAppend(
+        &out, "trellis_proxy_connections_total{direction=\"", kDirectionLabels[d], "\"} ",
+        Sum(workers, [&](const WorkerStats& w) { return w.connections_total[d].load(); }), "\n");
   }
   Header(&out, "trellis_proxy_connections_active", "gauge", "Connections open now.");
   for (size_t d = 0; d < 2; ++d) {
@@ -72,12 +71,18 @@ std::string RenderPrometheus(const std::vector<const WorkerStats*>& workers,
                     "\"} ", active, "\n");
   }
   Header(&out, "trellis_proxy_relay_buffer_bytes", "gauge",
-         "Relay buffer memory allocated: blocks held by connections with bytes in flight plus "
-         "empty blocks pooled for reuse.");
+         "Buffer memory allocated: blocks held by connections with bytes in flight plus empty "
+         "blocks pooled for reuse. pool=relay: bytes waiting to be relayed; pool=tls_records: "
+         "the TLS records of one write, gathered for a single send.");
   {
-    int64_t held = 0;
-    for (const WorkerStats* w : workers) held += w->relay_buffer_bytes.load();
-    absl::StrAppend(&out, "trellis_proxy_relay_buffer_bytes ", held, "\n");
+    int64_t relay = 0;
+    int64_t tls_records = 0;
+    for (const WorkerStats* w : workers) {
+      relay += w->relay_buffer_bytes.load();
+      tls_records += w->tls_record_buffer_bytes.load();
+    }
+    absl::StrAppend(&out, "trellis_proxy_relay_buffer_bytes{pool=\"relay\"} ", relay, "\n",
+                    "trellis_proxy_relay_buffer_bytes{pool=\"tls_records\"} ", tls_records, "\n");
   }
   Header(&out, "trellis_proxy_bytes_total", "counter",
          "Application bytes relayed, seen from the local app's side.");
@@ -92,23 +97,22 @@ std::string RenderPrometheus(const std::vector<const WorkerStats*>& workers,
          "Refused or failed mutual-TLS handshakes, by typed reason.");
   for (size_t d = 0; d < 2; ++d) {
     for (size_t r = 0; r < tls::kAllFailureReasons.size(); ++r) {
-      absl::StrAppend(&out, "trellis_proxy_handshake_failures_total{direction=\"",
-                      kDirectionLabels[d], "\",reason=\"",
-                      tls::FailureReasonLabel(tls::kAllFailureReasons[r]), "\"} ",
-                      Sum(workers,
-                          [&](const WorkerStats& w) { return w.handshake_failures[d][r].load(); }),
-                      "\n");
+      absl::StrAppend(
+          &out, "trellis_proxy_handshake_failures_total{direction=\"", kDirectionLabels[d],
+          "\",reason=\"", tls::FailureReasonLabel(tls::kAllFailureReasons[r]), "\"} ",
+          Sum(workers, [&](const WorkerStats& w) { return w.handshake_failures[d][r].load(); }),
+          "\n");
     }
   }
   Header(&out, "trellis_proxy_connection_failures_total", "counter",
          "Connections that failed or were closed for a reason other than the TLS handshake.");
   for (size_t d = 0; d < 2; ++d) {
     for (size_t f = 0; f < kConnectionFailureLabels.size(); ++f) {
-      absl::StrAppend(&out, "trellis_proxy_connection_failures_total{direction=\"",
-                      kDirectionLabels[d], "\",reason=\"", kConnectionFailureLabels[f], "\"} ",
-                      Sum(workers,
-                          [&](const WorkerStats& w) { return w.connection_failures[d][f].load(); }),
-                      "\n");
+      absl::StrAppend(
+          &out, "trellis_proxy_connection_failures_total{direction=\"", kDirectionLabels[d],
+          "\",reason=\"", kConnectionFailureLabels[f], "\"} ",
+          Sum(workers, [&](const WorkerStats& w) { return w.connection_failures[d][f].load(); }),
+          "\n");
     }
   }
   Header(&out, "trellis_proxy_handshake_duration_seconds", "histogram",

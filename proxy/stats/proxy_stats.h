@@ -12,8 +12,11 @@
 //   trellis_proxy_connection_failures_total{direction,reason} counter (upstream_connect,
 //                                                              connection_limit, idle_timeout, ...)
 //   trellis_proxy_handshake_duration_seconds{direction}       histogram (successful handshakes)
-//   trellis_proxy_relay_buffer_bytes                          gauge   (relay blocks allocated,
-//                                                              held by connections or pooled)
+//   trellis_proxy_relay_buffer_bytes{pool}                    gauge   (blocks allocated, held by
+//                                                              connections or pooled; pool:
+//                                                              relay = bytes waiting to be
+//                                                              relayed, tls_records = ciphertext
+//                                                              gathered for one send)
 //   trellis_proxy_certificate_expiration_timestamp_seconds    gauge   (ProxyStats)
 //   trellis_proxy_trust_bundle_roots                          gauge   (ProxyStats)
 //   trellis_proxy_credential_reloads_total{result}            counter (ProxyStats)
@@ -74,8 +77,10 @@ struct alignas(64) WorkerStats {
       handshake_buckets{};
   std::array<std::atomic<uint64_t>, 2> handshake_count{};
   std::array<std::atomic<uint64_t>, 2> handshake_sum_micros{};
-  // Written by the worker's BufferPool when it allocates or frees a block (not on reuse).
+  // Written by the worker's BufferPools when they allocate or free a block (not on reuse): the
+  // relay blocks, and the blocks that gather a write's TLS records for one send.
   std::atomic<int64_t> relay_buffer_bytes{0};
+  std::atomic<int64_t> tls_record_buffer_bytes{0};
 
   void CountHandshakeFailure(Direction d, tls::FailureReason reason);
   void CountConnectionFailure(Direction d, ConnectionFailure failure);

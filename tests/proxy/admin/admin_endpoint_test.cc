@@ -185,6 +185,9 @@ TEST_F(AdminEndpointTest, PrometheusSumsWorkersAndGlobals) {
   worker_b_.CountHandshakeFailure(Direction::kOutbound, tls::FailureReason::kRevoked);
   stats_.credential_reloads_ok = 5;
   stats_.rotations = 2;
+  worker_a_.relay_buffer_bytes = 65536;
+  worker_b_.relay_buffer_bytes = 131072;
+  worker_b_.tls_record_buffer_bytes = 65624;
   const Reply reply = Get("/stats/prometheus");
   EXPECT_EQ(reply.status, 200);
   EXPECT_THAT(reply.content_type, HasSubstr("text/plain"));
@@ -199,6 +202,10 @@ TEST_F(AdminEndpointTest, PrometheusSumsWorkersAndGlobals) {
   }
   EXPECT_THAT(reply.body, HasSubstr("trellis_proxy_credential_reloads_total{result=\"ok\"} 5"));
   EXPECT_THAT(reply.body, HasSubstr("trellis_proxy_rotations_total 2"));
+  // The two buffer pools are shown apart; their sum is the proxy's buffer memory.
+  EXPECT_THAT(reply.body, HasSubstr("trellis_proxy_relay_buffer_bytes{pool=\"relay\"} 196608\n"));
+  EXPECT_THAT(reply.body,
+              HasSubstr("trellis_proxy_relay_buffer_bytes{pool=\"tls_records\"} 65624\n"));
 }
 
 TEST_F(AdminEndpointTest, CertsBeforeTheFirstCertificate) {

@@ -143,7 +143,9 @@ TEST_F(ProxyRelayTest, IdleConnectionsHoldNoRelayBuffers) {
   }
   auto held = [](const ProxyServer& server) {
     int64_t bytes = 0;
-    for (const WorkerStats* w : server.worker_stats()) bytes += w->relay_buffer_bytes.load();
+    for (const WorkerStats* w : server.worker_stats()) {
+      bytes += w->relay_buffer_bytes.load() + w->tls_record_buffer_bytes.load();
+    }
     return bytes;
   };
   // At most the pools' few free blocks remain (a block is 64 KiB); holding one block per
