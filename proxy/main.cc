@@ -2,6 +2,7 @@
 // admin endpoint together and owns the process lifecycle (signals, drain); logic lives in the
 // libraries under proxy/.
 
+#include <openssl/crypto.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -212,7 +213,8 @@ nlohmann::json ConfigDump(const ProxyOptions& options, const ProxyServer& server
           {"bundle_file", absl::GetFlag(FLAGS_bundle_file)},
           {"deny_list_file", absl::GetFlag(FLAGS_deny_list_file)},
           {"control_plane_address", absl::GetFlag(FLAGS_control_plane_address)},
-          {"drain_timeout", absl::FormatDuration(absl::GetFlag(FLAGS_drain_timeout))}};
+          {"drain_timeout", absl::FormatDuration(absl::GetFlag(FLAGS_drain_timeout))},
+          {"tls_library", OpenSSL_version(OPENSSL_VERSION)}};
 }
 
 int Run(const sigset_t& signals, const std::string& argv0) {
@@ -329,7 +331,9 @@ int Run(const sigset_t& signals, const std::string& argv0) {
   log::Info("listening", {{"admin_port", *bound_admin},
                           {"listeners", ports},
                           {"workers", (*server)->worker_stats().size()},
-                          {"credentials", file_mode ? "files" : "control-plane"}});
+                          {"credentials", file_mode ? "files" : "control-plane"},
+                          // Linked into the binary: a library update needs a rebuild.
+                          {"tls_library", OpenSSL_version(OPENSSL_VERSION)}});
 
   // The main thread only waits for signals (blocked in every thread, so none interrupts a
   // worker); SIGHUP is ignored: credentials reload on their own.

@@ -573,6 +573,15 @@ def main():
         grpc_libs = sorted({line.split()[-1] for line in maps.splitlines()
                             if re.search(r"lib(grpc|protobuf|trellis-proxy-grpc)", line)})
         check(not grpc_libs, f"a file-mode proxy maps no gRPC or protobuf library ({grpc_libs})")
+        # OpenSSL, abseil and libstdc++ are linked in (RSS per pod, bench/proxy/README.md
+        # "Memory"); the start-up line names the OpenSSL inside, since a Debian update of the
+        # shared library no longer reaches the proxy without a rebuild.
+        shared = sorted({line.split()[-1] for line in maps.splitlines()
+                         if re.search(r"/lib(ssl|crypto|absl_\w+|stdc\+\+)\.so", line)})
+        check(not shared, f"the proxy maps no shared OpenSSL, abseil or libstdc++ ({shared})")
+        tls_library = inbound._listening().get("tls_library", "")
+        check(tls_library.startswith("OpenSSL 3."),
+              f"the 'listening' line names the linked TLS library ({tls_library!r})")
         print("--- 1. curl and openssl s_client against the inbound listener", flush=True)
         check_clients(inbound, root, client, intruder)
         print("--- 2. certificate file reload under traffic", flush=True)
