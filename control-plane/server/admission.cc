@@ -3,14 +3,38 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 
 namespace trellis::control_plane {
 
-IssuanceAdmission::IssuanceAdmission(AdmissionOptions options) : options_(std::move(options)) {}
+IssuanceAdmission::IssuanceAdmission(AdmissionOptions options)
+    : options_(std::move(options)),
+      renewal_slots_(std::max(1, options_.max_concurrent - options_.reserved_for_first_issuance)) {
+  const int workers = std::max(1, options_.max_concurrent);
+  workers_.reserve(static_cast<size_t>(workers));
+  for (int i = 0; i < workers; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+  timer_ = std::thread([this] { TimerLoop(); });
+}
+
+IssuanceAdmission::~IssuanceAdmission() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    work_cv_.SignalAll();
+    timer_cv_.Signal();
+  }
+  timer_.join();  // refuses what still waits
+  for (std::thread& worker : workers_) worker.join();  // after running what was admitted
+}
 
 int IssuanceAdmission::in_flight() const {
   absl::MutexLock lock(&mu_);
   return in_flight_;
+}
+
+int IssuanceAdmission::waiting() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<int>(first_waiting_.size() + renewal_waiting_.size());
 }
 
 bool IssuanceAdmission::TakeRateToken(const std::string& identity, absl::Duration* retry_after) {
@@ -67,62 +91,147 @@ IssuanceAdmission::Decision IssuanceAdmission::CheckRate(const std::string& iden
   return decision;
 }
 
-IssuanceAdmission::Decision IssuanceAdmission::AcquireSlot(bool renewal) {
+bool IssuanceAdmission::CanStartLocked(bool renewal) const {
+  // Waiters of the same kind go first (FIFO), and a renewal also yields to any first issuance
+  // already waiting.
+  return renewal ? in_flight_ < renewal_slots_ && first_waiting_.empty() && renewal_waiting_.empty()
+                 : in_flight_ < options_.max_concurrent && first_waiting_.empty();
+}
+
+void IssuanceAdmission::DispatchLocked() {
+  while (!first_waiting_.empty() && in_flight_ < options_.max_concurrent) {
+    ++in_flight_;
+    ready_.push_back(std::move(first_waiting_.front().start));
+    first_waiting_.pop_front();
+    work_cv_.Signal();
+  }
+  while (first_waiting_.empty() && !renewal_waiting_.empty() && in_flight_ < renewal_slots_) {
+    ++in_flight_;
+    ready_.push_back(std::move(renewal_waiting_.front().start));
+    renewal_waiting_.pop_front();
+    work_cv_.Signal();
+  }
+}
+
+IssuanceAdmission::Decision IssuanceAdmission::OverloadedLocked(absl::string_view why,
+                                                                bool renewal) {
   Decision decision;
-  const int renewal_slots = std::max(1, options_.max_concurrent - options_.reserved_for_first_issuance);
-  absl::MutexLock lock(&mu_);
-  // A renewal also yields to any first issuance already waiting.
-  auto slot_free = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return renewal ? in_flight_ < renewal_slots && first_waiting_ == 0
-                   : in_flight_ < options_.max_concurrent;
-  };
-  if (!slot_free()) {
-    if (first_waiting_ + renewal_waiting_ >= options_.max_waiting) {
-      decision.retry_after = JitteredRetry();
-      decision.status = absl::UnavailableError(
-          absl::StrCat("control plane overloaded (", in_flight_, " signing, ",
-                       first_waiting_ + renewal_waiting_, " waiting); retry after ",
-                       absl::FormatDuration(decision.retry_after)));
-      return decision;
-    }
-    int& waiting = renewal ? renewal_waiting_ : first_waiting_;
-    absl::CondVar& cv = renewal ? renewal_cv_ : first_cv_;
-    ++waiting;
-    // WaitWithDeadline uses the real clock; the injectable clock only affects rate limiting.
-    const absl::Time real_deadline =
-        absl::Now() + (renewal ? options_.renewal_wait : options_.first_issuance_wait);
-    while (!slot_free()) {
-      if (cv.WaitWithDeadline(&mu_, real_deadline) && !slot_free()) break;
-    }
-    --waiting;
-    if (!slot_free()) {
-      // Pass the wake-up on: another waiter may be able to use what this one cannot.
-      if (first_waiting_ > 0) {
-        first_cv_.Signal();
-      } else {
-        renewal_cv_.Signal();
-      }
-      decision.retry_after = JitteredRetry();
-      decision.status = absl::UnavailableError(absl::StrCat(
-          "control plane overloaded: no signing slot within ",
-          absl::FormatDuration(renewal ? options_.renewal_wait : options_.first_issuance_wait),
-          renewal ? " (renewals yield to first issuances)" : "", "; retry after ",
-          absl::FormatDuration(decision.retry_after)));
-      return decision;
+  decision.retry_after = JitteredRetry();
+  decision.status = absl::UnavailableError(absl::StrCat(
+      "control plane overloaded: ", why, renewal ? " (renewals yield to first issuances)" : "",
+      "; retry after ", absl::FormatDuration(decision.retry_after)));
+  return decision;
+}
+
+void IssuanceAdmission::Submit(bool renewal, std::function<void()> start,
+                               std::function<void(Decision)> refuse) {
+  Decision refusal;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) {
+      refusal.status = absl::UnavailableError("control plane shutting down; retry");
+      refusal.retry_after = JitteredRetry();
+    } else if (CanStartLocked(renewal)) {
+      ++in_flight_;
+      ready_.push_back(std::move(start));
+      work_cv_.Signal();
+      return;
+    } else if (static_cast<int>(first_waiting_.size() + renewal_waiting_.size()) >=
+               options_.max_waiting) {
+      refusal.retry_after = JitteredRetry();
+      refusal.status = absl::UnavailableError(absl::StrCat(
+          "control plane overloaded (", in_flight_, " signing, ",
+          first_waiting_.size() + renewal_waiting_.size(), " waiting); retry after ",
+          absl::FormatDuration(refusal.retry_after)));
+    } else {
+      // WaitWithDeadline uses the real clock; the injectable clock only affects rate limiting.
+      std::deque<Waiter>& queue = renewal ? renewal_waiting_ : first_waiting_;
+      queue.push_back(Waiter{
+          renewal, absl::Now() + (renewal ? options_.renewal_wait : options_.first_issuance_wait),
+          std::move(start), std::move(refuse)});
+      if (queue.size() == 1) timer_cv_.Signal();  // a new front: maybe the earliest deadline
+      return;
     }
   }
-  ++in_flight_;
+  refuse(std::move(refusal));
+}
+
+IssuanceAdmission::Decision IssuanceAdmission::AcquireSlot(bool renewal) {
+  absl::Notification done;
+  Decision decision;
+  Submit(
+      renewal, [&done] { done.Notify(); },
+      [&done, &decision](Decision refusal) {
+        decision = std::move(refusal);
+        done.Notify();
+      });
+  done.WaitForNotification();
   return decision;
 }
 
 void IssuanceAdmission::Release() {
   absl::MutexLock lock(&mu_);
   --in_flight_;
-  if (first_waiting_ > 0) {
-    first_cv_.Signal();
-  } else {
-    renewal_cv_.Signal();
+  DispatchLocked();
+}
+
+void IssuanceAdmission::WorkerLoop() {
+  for (;;) {
+    std::function<void()> job;
+    {
+      absl::MutexLock lock(&mu_);
+      while (ready_.empty() && !stopping_) work_cv_.Wait(&mu_);
+      if (ready_.empty()) return;  // stopping, and everything admitted has started
+      job = std::move(ready_.front());
+      ready_.pop_front();
+    }
+    job();
   }
 }
+
+void IssuanceAdmission::TimerLoop() {
+  for (;;) {
+    std::vector<std::pair<Waiter, Decision>> expired;
+    bool stop = false;
+    {
+      absl::MutexLock lock(&mu_);
+      for (;;) {
+        if (stopping_) break;
+        absl::Time earliest = absl::InfiniteFuture();
+        if (!first_waiting_.empty()) earliest = first_waiting_.front().deadline;
+        if (!renewal_waiting_.empty()) {
+          earliest = std::min(earliest, renewal_waiting_.front().deadline);
+        }
+        if (earliest <= absl::Now()) break;
+        timer_cv_.WaitWithDeadline(&mu_, earliest);
+      }
+      stop = stopping_;
+      const absl::Time now = absl::Now();
+      for (std::deque<Waiter>* queue : {&first_waiting_, &renewal_waiting_}) {
+        while (!queue->empty() && (stop || queue->front().deadline <= now)) {
+          Waiter waiter = std::move(queue->front());
+          queue->pop_front();
+          Decision decision;
+          if (stop) {
+            decision.status = absl::UnavailableError("control plane shutting down; retry");
+            decision.retry_after = JitteredRetry();
+          } else {
+            decision = OverloadedLocked(
+                absl::StrCat("no signing slot within ",
+                             absl::FormatDuration(waiter.renewal ? options_.renewal_wait
+                                                                 : options_.first_issuance_wait)),
+                waiter.renewal);
+          }
+          expired.emplace_back(std::move(waiter), std::move(decision));
+        }
+      }
+      // Renewals held back only by first issuances that have now given up may start.
+      if (!stop) DispatchLocked();
+    }
+    for (auto& [waiter, decision] : expired) waiter.refuse(std::move(decision));
+    if (stop) return;
+  }
+}
+
 
 }  // namespace trellis::control_plane

@@ -53,7 +53,7 @@ absl::string_view ResultLabel(absl::StatusCode code) {
 // current trust bundle and deny-list, so root rotation and revocation apply without restarting
 // the gRPC server.
 std::vector<identity::Certificate> IdentityService::PeerChain(
-    const grpc::ServerContext& context) const {
+    const grpc::ServerContextBase& context) const {
   std::vector<identity::Certificate> chain;
   std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
   if (auth == nullptr) return chain;
@@ -128,7 +128,7 @@ struct Outcome {
 };
 
 // Counts, logs (refusals) and turns the outcome into the gRPC answer.
-grpc::Status FinishIssuance(ControlPlaneMetrics* metrics_, grpc::ServerContext* context,
+grpc::Status FinishIssuance(ControlPlaneMetrics* metrics_, grpc::ServerContextBase* context,
                             absl::Time start, const Outcome& outcome) {
   metrics_->CountIssuance(ResultLabel(outcome.status.code()), outcome.authenticator);
   if (outcome.status.ok()) {
@@ -152,8 +152,7 @@ grpc::Status FinishIssuance(ControlPlaneMetrics* metrics_, grpc::ServerContext* 
 }  // namespace
 
 void PrepareIssuanceServer(grpc::ServerBuilder* builder) {
-  builder->SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS,
-                               kIssuanceServerMaxPollers);
+  (void)builder;
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 }
 
@@ -179,12 +178,13 @@ IdentityService::IdentityService(IdentityServiceOptions options, CaManager* ca, 
 
 IdentityService::~IdentityService() = default;
 
-grpc::Status IdentityService::IssueCertificate(grpc::ServerContext* context,
-                                               const IssueCertificateRequest* request,
-                                               IssueCertificateResponse* response) {
+grpc::ServerUnaryReactor* IdentityService::IssueCertificate(
+    grpc::CallbackServerContext* context, const IssueCertificateRequest* request,
+    IssueCertificateResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const absl::Time start = absl::Now();
   Outcome outcome;
-  bool renewal = request->credential_case() == IssueCertificateRequest::CREDENTIAL_NOT_SET;
+  const bool renewal = request->credential_case() == IssueCertificateRequest::CREDENTIAL_NOT_SET;
 
   // The requested lifetime is checked first: a request that cannot succeed must not spend a
   // single-use join token or a rate-limit token.
@@ -198,24 +198,48 @@ grpc::Status IdentityService::IssueCertificate(grpc::ServerContext* context,
           "requested TTL ", absl::FormatDuration(ttl), " is outside the allowed range [",
           absl::FormatDuration(limits.min_ttl), ", ", absl::FormatDuration(limits.max_ttl),
           "]; ask for a lifetime in range, or leave it unset for the default"));
-      return FinishIssuance(metrics_, context, start, outcome);
+      reactor->Finish(FinishIssuance(metrics_, context, start, outcome));
+      return reactor;
     }
   }
 
   // 0. May it run now? Bounded concurrency (first issuances before renewals) decided before any
-  // expensive work, so refusing under overload is cheap.
-  IssuanceAdmission::Decision slot = admission_->AcquireSlot(renewal);
-  if (!slot.status.ok()) {
-    outcome.status = slot.status;
-    outcome.retry_after = slot.retry_after;
-    outcome.authenticator = renewal ? "renewal" : "none";
-    return FinishIssuance(metrics_, context, start, outcome);
-  }
-  struct SlotGuard {
-    IssuanceAdmission* admission;
-    ~SlotGuard() { admission->Release(); }
-  } guard{admission_};
+  // expensive work, so refusing under overload is cheap. The work runs on the admission's worker
+  // threads, never on gRPC's, and this call returns at once.
+  admission_->Submit(
+      renewal,
+      [this, context, request, response, reactor, start, ttl] {
+        grpc::Status status;
+        if (context->IsCancelled()) {
+          Outcome gone;
+          gone.status = absl::CancelledError(
+              "the caller gave up while waiting for a signing slot; nothing was issued");
+          gone.authenticator = request->credential_case() ==
+                                       IssueCertificateRequest::CREDENTIAL_NOT_SET
+                                   ? "renewal"
+                                   : "none";
+          status = FinishIssuance(metrics_, context, start, gone);
+        } else {
+          status = IssueAdmitted(context, request, response, start, ttl);
+        }
+        admission_->Release();
+        reactor->Finish(status);
+      },
+      [this, context, reactor, start, renewal](IssuanceAdmission::Decision refusal) {
+        Outcome refused;
+        refused.status = refusal.status;
+        refused.retry_after = refusal.retry_after;
+        refused.authenticator = renewal ? "renewal" : "none";
+        reactor->Finish(FinishIssuance(metrics_, context, start, refused));
+      });
+  return reactor;
+}
 
+grpc::Status IdentityService::IssueAdmitted(grpc::ServerContextBase* context,
+                                            const IssueCertificateRequest* request,
+                                            IssueCertificateResponse* response, absl::Time start,
+                                            absl::Duration ttl) {
+  Outcome outcome;
   // 1. Who is the caller? Only the credential says; never the CSR.
   absl::StatusOr<AuthenticatedIdentity> who = absl::UnauthenticatedError("unset");
   switch (request->credential_case()) {
@@ -239,7 +263,6 @@ grpc::Status IdentityService::IssueCertificate(grpc::ServerContext* context,
       break;
     case IssueCertificateRequest::CREDENTIAL_NOT_SET: {
       outcome.authenticator = "renewal";
-      renewal = true;
       const std::vector<identity::Certificate> chain = PeerChain(*context);
       if (chain.empty()) {
         who = absl::UnauthenticatedError(

@@ -37,18 +37,23 @@ struct IdentityServiceOptions {
 // The trellis.identity.v1.Identity service: parse, authenticate, admit, sign, reply. No crypto is
 // done inline: CSR checks and signing live in common/identity and control-plane/ca.
 //
-// IssueCertificate runs on gRPC's synchronous thread pool. Watch uses the callback API, so an open
-// stream costs no thread: thousands of proxies can watch at once.
-class IdentityService final : public trellis::identity::v1::Identity::WithCallbackMethod_Watch<
-                                  trellis::identity::v1::Identity::Service> {
+// Both methods use gRPC's callback API, so neither a waiting issuance nor an open Watch stream
+// costs a thread: thousands of proxies can renew and watch at once.
+class IdentityService final
+    : public trellis::identity::v1::Identity::WithCallbackMethod_IssueCertificate<
+          trellis::identity::v1::Identity::WithCallbackMethod_Watch<
+              trellis::identity::v1::Identity::Service>> {
  public:
   IdentityService(IdentityServiceOptions options, CaManager* ca, MeshState* mesh,
                   IssuanceAdmission* admission, ControlPlaneMetrics* metrics);
   ~IdentityService() override;
 
-  grpc::Status IssueCertificate(grpc::ServerContext* context,
-                                const trellis::identity::v1::IssueCertificateRequest* request,
-                                trellis::identity::v1::IssueCertificateResponse* response) override;
+  // Returns at once: the issuance waits for a signing slot in IssuanceAdmission and runs on its
+  // worker threads, which finish the call.
+  grpc::ServerUnaryReactor* IssueCertificate(
+      grpc::CallbackServerContext* context,
+      const trellis::identity::v1::IssueCertificateRequest* request,
+      trellis::identity::v1::IssueCertificateResponse* response) override;
 
   grpc::ServerWriteReactor<trellis::identity::v1::WatchResponse>* Watch(
       grpc::CallbackServerContext* context,
@@ -65,7 +70,13 @@ class IdentityService final : public trellis::identity::v1::Identity::WithCallba
 
   absl::Time Now() const { return options_.clock ? options_.clock() : absl::Now(); }
 
-  std::vector<identity::Certificate> PeerChain(const grpc::ServerContext& context) const;
+  // Authenticate, check the CSR, rate-limit, sign, answer: the work of one issuance once it holds
+  // a signing slot.
+  grpc::Status IssueAdmitted(grpc::ServerContextBase* context,
+                             const trellis::identity::v1::IssueCertificateRequest* request,
+                             trellis::identity::v1::IssueCertificateResponse* response,
+                             absl::Time start, absl::Duration ttl);
+  std::vector<identity::Certificate> PeerChain(const grpc::ServerContextBase& context) const;
   std::vector<identity::Certificate> ParseIntermediates(grpc::string_ref pem) const;
   absl::StatusOr<identity::Certificate> ParseLeaf(grpc::string_ref pem) const;
 
@@ -95,15 +106,11 @@ class IdentityService final : public trellis::identity::v1::Identity::WithCallba
 };
 
 // Settings for the gRPC server that hosts IdentityService; call once before BuildAndStart.
-// Measured with bench/issuance (README there), each worth about a tenth of the control plane's CPU
-// per certificate on 2 cores:
-//  - IssueCertificate runs on gRPC's synchronous thread pool, which by default keeps at most 2 idle
-//    polling threads: under load it created a thread for about every fifth call and let it exit
-//    again (a new stack, OpenSSL's per-thread error and DRBG state, ...). The pool now keeps up to
-//    kIssuanceServerMaxPollers threads once they exist.
-//  - Debian builds Abseil without NDEBUG, which leaves absl::Mutex's deadlock detector on: every
-//    lock of every absl::Mutex in the process (gRPC's included) updates a global lock graph. The
-//    detector is a debugging aid, so it is switched off for the whole process.
+// Debian builds Abseil without NDEBUG, which leaves absl::Mutex's deadlock detector on: every lock
+// of every absl::Mutex in the process (gRPC's included) updates a global lock graph, about a
+// tenth of the control plane's CPU per certificate (bench/issuance). The detector is a debugging
+// aid, so it is switched off for the whole process. (The synchronous thread-pool setting this
+// also made is gone with IssueCertificate's move to the callback API.)
 void PrepareIssuanceServer(grpc::ServerBuilder* builder);
 
 // Ends every client connection `age` after it opened (+/-10%, gRPC's jitter): a GOAWAY, then the
@@ -111,8 +118,6 @@ void PrepareIssuanceServer(grpc::ServerBuilder* builder);
 // through the Service, so connections (Watch streams and the renewals that share them) spread
 // over replicas added since, as istiod's 30-minute max connection age does. Zero: never.
 void SetMaxConnectionAge(grpc::ServerBuilder* builder, absl::Duration age, absl::Duration grace);
-
-inline constexpr int kIssuanceServerMaxPollers = 64;
 
 // The trailing-metadata key that carries a retry hint in milliseconds on RESOURCE_EXHAUSTED and
 // UNAVAILABLE answers.

@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -161,16 +162,15 @@ TEST(IssuanceAdmissionTest, FirstIssuancesAreServedBeforeWaitingRenewals) {
     renewal_ok = admission.Admit("spiffe://td/renewer", true).status.ok();
     renewal_rank = ++order;
   });
-  ASSERT_TRUE(Eventually([&] { return clock.reads() > reads; }));
+  ASSERT_TRUE(Eventually([&] { return admission.waiting() == 1; }));
   reads = clock.reads();
   std::thread first([&] {
     first_ok = admission.Admit("spiffe://td/new-pod", false).status.ok();
     first_rank = ++order;
   });
   ASSERT_TRUE(Eventually([&] { return clock.reads() > reads; }));
-  // Both have entered Admit (read the clock). IssuanceAdmission exposes no "waiting" count, so
-  // give them 50 ms to go from there to their condition wait (a few instructions).
-  absl::SleepFor(absl::Milliseconds(50));
+  // Both wait in the queue now.
+  ASSERT_TRUE(Eventually([&] { return admission.waiting() == 2; }));
 
   admission.Release();  // one slot frees: the first issuance must get it
   ASSERT_TRUE(Eventually([&] { return first_rank.load() != 0; }));
@@ -243,6 +243,72 @@ TEST(IssuanceAdmissionTest, RefusesAtOnceWhenTooManyAreWaiting) {
   EXPECT_THAT(refused.status.message(), HasSubstr("overloaded (1 signing, 0 waiting)"));
   EXPECT_GE(refused.retry_after, absl::Milliseconds(500));
   EXPECT_LT(refused.retry_after, absl::Milliseconds(1500));
+}
+
+// Submit() never blocks its caller (a gRPC thread): the work runs on the admission's own
+// threads, at once when a slot is free, later when one frees.
+TEST(IssuanceAdmissionTest, SubmitReturnsAtOnceAndStartsTheWorkOnAWorkerThread) {
+  FakeClock clock;
+  AdmissionOptions options = Unlimited(&clock);
+  options.max_concurrent = 1;
+  options.reserved_for_first_issuance = 0;
+  options.first_issuance_wait = absl::Seconds(30);
+  IssuanceAdmission admission(options);
+
+  const std::thread::id caller = std::this_thread::get_id();
+  std::atomic<int> started{0};
+  std::atomic<bool> ran_on_caller{false};
+  std::atomic<int> refused{0};
+  auto submit = [&] {
+    admission.Submit(
+        false,
+        [&] {
+          if (std::this_thread::get_id() == caller) ran_on_caller = true;
+          ++started;
+        },
+        [&](IssuanceAdmission::Decision) { ++refused; });
+  };
+  submit();  // a free slot: starts on a worker
+  ASSERT_TRUE(Eventually([&] { return started.load() == 1; }));
+  submit();  // no slot (the first still holds it): queued, and this call has already returned
+  EXPECT_EQ(admission.waiting(), 1);
+  EXPECT_EQ(started.load(), 1);
+  admission.Release();  // the queued one starts
+  ASSERT_TRUE(Eventually([&] { return started.load() == 2; }));
+  EXPECT_FALSE(ran_on_caller);
+  EXPECT_EQ(refused.load(), 0);
+  admission.Release();
+  EXPECT_EQ(admission.in_flight(), 0);
+}
+
+// Stopping the control plane answers every queued call (UNAVAILABLE, retry) instead of leaving
+// it to the caller's deadline, and lets started work finish.
+TEST(IssuanceAdmissionTest, DestructionRefusesWhatStillWaits) {
+  FakeClock clock;
+  AdmissionOptions options = Unlimited(&clock);
+  options.max_concurrent = 1;
+  options.reserved_for_first_issuance = 0;
+  options.first_issuance_wait = absl::Seconds(30);
+  std::atomic<int> refused_shutting_down{0};
+  std::atomic<int> started{0};
+  {
+    IssuanceAdmission admission(options);
+    ASSERT_TRUE(admission.AcquireSlot(false).status.ok());
+    for (int i = 0; i < 3; ++i) {
+      admission.Submit(
+          false, [&] { ++started; },
+          [&](IssuanceAdmission::Decision d) {
+            if (d.status.code() == absl::StatusCode::kUnavailable &&
+                absl::StrContains(d.status.message(), "shutting down") &&
+                d.retry_after > absl::ZeroDuration()) {
+              ++refused_shutting_down;
+            }
+          });
+    }
+    EXPECT_EQ(admission.waiting(), 3);
+  }
+  EXPECT_EQ(refused_shutting_down.load(), 3);
+  EXPECT_EQ(started.load(), 0);
 }
 
 TEST(IssuanceAdmissionTest, ForgetsLeastRecentlySeenIdentitiesBeyondTheBound) {

@@ -516,6 +516,74 @@ TEST_F(IdentityServiceTest, PerIdentityRateLimitRefusesWithRetryHint) {
   EXPECT_TRUE(other.status.ok()) << other.status.error_message();
 }
 
+// Polls `condition` for up to 10 s.
+bool Eventually(const std::function<bool()>& condition) {
+  for (int i = 0; i < 1000; ++i) {
+    if (condition()) return true;
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  return condition();
+}
+
+// Overload through real gRPC. The only signing slot is held by the test: a first issuance waits
+// in the admission queue (costing no gRPC thread) and starts as soon as the slot frees; with the
+// slot kept, callers are told UNAVAILABLE with a retry hint, after their bounded wait or at once
+// when the waiting room is full, instead of being left to time out.
+TEST_F(IdentityServiceTest, OverloadIsAnsweredWithRetryHintsNotTimeouts) {
+  CpTestServerOptions options;
+  options.admission.max_concurrent = 1;
+  options.admission.reserved_for_first_issuance = 0;
+  options.admission.first_issuance_wait = absl::Seconds(2);
+  options.admission.max_waiting = 4;
+  Restart(options);
+  IssuanceAdmission& admission = server_->admission();
+
+  // A waiting call starts when the slot frees.
+  ASSERT_TRUE(admission.AcquireSlot(false).status.ok());
+  const std::string first_token = server_->NewJoinToken("spiffe://cluster.local/vm/queued");
+  auto queued = std::async(std::launch::async, [&] {
+    return server_->IssueWithJoinToken(NewWorkload(), first_token);
+  });
+  ASSERT_TRUE(Eventually([&] { return admission.waiting() == 1; }));
+  admission.Release();
+  IssueResult started = queued.get();
+  EXPECT_TRUE(started.status.ok()) << started.status.error_message();
+
+  // Twelve callers while the slot stays taken: four wait their two seconds, eight find the
+  // waiting room full.
+  ASSERT_TRUE(admission.AcquireSlot(false).status.ok());
+  std::vector<std::string> tokens;
+  for (int i = 0; i < 12; ++i) {
+    tokens.push_back(server_->NewJoinToken(absl::StrCat("spiffe://cluster.local/vm/over", i)));
+  }
+  std::vector<std::future<IssueResult>> calls;
+  for (const std::string& token : tokens) {
+    calls.push_back(std::async(std::launch::async, [&, token] {
+      return server_->IssueWithJoinToken(NewWorkload(), token);
+    }));
+  }
+  int waited = 0;
+  int turned_away = 0;
+  for (auto& call : calls) {
+    IssueResult r = call.get();
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE) << r.status.error_message();
+    auto hint = r.trailers.find(kRetryAfterMetadataKey);
+    ASSERT_NE(hint, r.trailers.end()) << "no retry-after-ms trailer: " << r.status.error_message();
+    int64_t ms = 0;
+    EXPECT_TRUE(absl::SimpleAtoi(hint->second, &ms) && ms > 0) << hint->second;
+    if (absl::StrContains(r.status.error_message(), "no signing slot within 2s")) ++waited;
+    if (absl::StrContains(r.status.error_message(), "4 waiting")) ++turned_away;
+  }
+  EXPECT_EQ(waited, 4);
+  EXPECT_EQ(turned_away, 8);
+  EXPECT_EQ(server_->metrics().issuances("unavailable", "none"), 12u);
+  admission.Release();
+
+  // The refused tokens were not spent: a caller that comes back as told gets its certificate.
+  IssueResult retried = server_->IssueWithJoinToken(NewWorkload(), tokens[0]);
+  EXPECT_TRUE(retried.status.ok()) << retried.status.error_message();
+}
+
 // --- Metrics and health ---
 
 TEST_F(IdentityServiceTest, MetricsCountIssuancesByResultAndAuthenticator) {
