@@ -101,8 +101,9 @@ ABSL_FLAG(absl::Duration, backdate, absl::Minutes(5),
 ABSL_FLAG(absl::Duration, renew_spread, absl::Minutes(5),
           "After the signing CA changes, proxies are told to renew within this window.");
 ABSL_FLAG(int, max_concurrent_signings, 0,
-          "Issuances processed at once (token and CSR checks, signing); 0 means twice the "
-          "number of usable cores. Callers beyond that wait briefly, then get UNAVAILABLE with a "
+          "Issuances processed at once (token and CSR checks, signing), each on one of as many "
+          "worker threads; 0 means twice the number of usable cores. Callers beyond that wait in "
+          "a queue (no thread each) for a bounded time, then get UNAVAILABLE with a "
           "retry-after-ms hint.");
 ABSL_FLAG(absl::Duration, renewal_queue_wait, absl::Milliseconds(250),
           "How long a renewal may wait for a free slot before it is told to come back later.");
@@ -383,7 +384,7 @@ int Run() {
   builder.AddListeningPort(absl::GetFlag(FLAGS_grpc_address),
                            grpc::experimental::TlsServerCredentials(tls_options), &grpc_port);
   builder.RegisterService(&service);
-  PrepareIssuanceServer(&builder);
+  PrepareIssuanceProcess();
   const absl::Duration max_connection_age = absl::GetFlag(FLAGS_max_connection_age);
   if (max_connection_age < absl::ZeroDuration() || max_connection_age > absl::Hours(24 * 24)) {
     Die("bad --max_connection_age",

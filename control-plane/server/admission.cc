@@ -23,7 +23,7 @@ IssuanceAdmission::~IssuanceAdmission() {
     work_cv_.SignalAll();
     timer_cv_.Signal();
   }
-  timer_.join();  // refuses what still waits
+  timer_.join();                                       // refuses what still waits
   for (std::thread& worker : workers_) worker.join();  // after running what was admitted
 }
 
@@ -84,9 +84,9 @@ IssuanceAdmission::Decision IssuanceAdmission::CheckRate(const std::string& iden
   Decision decision;
   if (!TakeRateToken(identity, &decision.retry_after)) {
     decision.status = absl::ResourceExhaustedError(absl::StrCat(
-        identity, " asked for certificates too often (limit ", options_.per_identity_rate_per_second,
-        "/s, burst ", options_.per_identity_burst, "); retry after ",
-        absl::FormatDuration(decision.retry_after)));
+        identity, " asked for certificates too often (limit ",
+        options_.per_identity_rate_per_second, "/s, burst ", options_.per_identity_burst,
+        "); retry after ", absl::FormatDuration(decision.retry_after)));
   }
   return decision;
 }
@@ -139,10 +139,10 @@ void IssuanceAdmission::Submit(bool renewal, std::function<void()> start,
     } else if (static_cast<int>(first_waiting_.size() + renewal_waiting_.size()) >=
                options_.max_waiting) {
       refusal.retry_after = JitteredRetry();
-      refusal.status = absl::UnavailableError(absl::StrCat(
-          "control plane overloaded (", in_flight_, " signing, ",
-          first_waiting_.size() + renewal_waiting_.size(), " waiting); retry after ",
-          absl::FormatDuration(refusal.retry_after)));
+      refusal.status = absl::UnavailableError(
+          absl::StrCat("control plane overloaded (", in_flight_, " signing, ",
+                       first_waiting_.size() + renewal_waiting_.size(), " waiting); retry after ",
+                       absl::FormatDuration(refusal.retry_after)));
     } else {
       // WaitWithDeadline uses the real clock; the injectable clock only affects rate limiting.
       std::deque<Waiter>& queue = renewal ? renewal_waiting_ : first_waiting_;
@@ -232,6 +232,5 @@ void IssuanceAdmission::TimerLoop() {
     if (stop) return;
   }
 }
-
 
 }  // namespace trellis::control_plane

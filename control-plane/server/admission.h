@@ -1,8 +1,8 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <deque>
+#include <functional>
 #include <list>
 #include <string>
 #include <thread>
@@ -111,8 +111,8 @@ class IssuanceAdmission {
   absl::CondVar work_cv_;   // workers: something to run, or stopping
   absl::CondVar timer_cv_;  // timer: a new earliest deadline, or stopping
   int in_flight_ ABSL_GUARDED_BY(mu_) = 0;
-  std::deque<Waiter> first_waiting_ ABSL_GUARDED_BY(mu_);    // deadlines in order (one bound)
-  std::deque<Waiter> renewal_waiting_ ABSL_GUARDED_BY(mu_);  // deadlines in order (one bound)
+  std::deque<Waiter> first_waiting_ ABSL_GUARDED_BY(mu_);         // deadlines in order (one bound)
+  std::deque<Waiter> renewal_waiting_ ABSL_GUARDED_BY(mu_);       // deadlines in order (one bound)
   std::deque<std::function<void()>> ready_ ABSL_GUARDED_BY(mu_);  // admitted, not yet started
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t jitter_state_ ABSL_GUARDED_BY(mu_) = 0x9e3779b97f4a7c15ULL;

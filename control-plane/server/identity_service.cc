@@ -151,8 +151,7 @@ grpc::Status FinishIssuance(ControlPlaneMetrics* metrics_, grpc::ServerContextBa
 
 }  // namespace
 
-void PrepareIssuanceServer(grpc::ServerBuilder* builder) {
-  (void)builder;
+void PrepareIssuanceProcess() {
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 }
 
@@ -178,9 +177,9 @@ IdentityService::IdentityService(IdentityServiceOptions options, CaManager* ca, 
 
 IdentityService::~IdentityService() = default;
 
-grpc::ServerUnaryReactor* IdentityService::IssueCertificate(
-    grpc::CallbackServerContext* context, const IssueCertificateRequest* request,
-    IssueCertificateResponse* response) {
+grpc::ServerUnaryReactor* IdentityService::IssueCertificate(grpc::CallbackServerContext* context,
+                                                            const IssueCertificateRequest* request,
+                                                            IssueCertificateResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   const absl::Time start = absl::Now();
   Outcome outcome;
@@ -214,10 +213,9 @@ grpc::ServerUnaryReactor* IdentityService::IssueCertificate(
           Outcome gone;
           gone.status = absl::CancelledError(
               "the caller gave up while waiting for a signing slot; nothing was issued");
-          gone.authenticator = request->credential_case() ==
-                                       IssueCertificateRequest::CREDENTIAL_NOT_SET
-                                   ? "renewal"
-                                   : "none";
+          gone.authenticator =
+              request->credential_case() == IssueCertificateRequest::CREDENTIAL_NOT_SET ? "renewal"
+                                                                                        : "none";
           status = FinishIssuance(metrics_, context, start, gone);
         } else {
           status = IssueAdmitted(context, request, response, start, ttl);

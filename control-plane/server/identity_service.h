@@ -105,13 +105,13 @@ class IdentityService final
   bool closing_ ABSL_GUARDED_BY(watches_mu_) = false;
 };
 
-// Settings for the gRPC server that hosts IdentityService; call once before BuildAndStart.
+// Process settings for hosting IdentityService; call once before the server starts.
 // Debian builds Abseil without NDEBUG, which leaves absl::Mutex's deadlock detector on: every lock
 // of every absl::Mutex in the process (gRPC's included) updates a global lock graph, about a
 // tenth of the control plane's CPU per certificate (bench/issuance). The detector is a debugging
-// aid, so it is switched off for the whole process. (The synchronous thread-pool setting this
-// also made is gone with IssueCertificate's move to the callback API.)
-void PrepareIssuanceServer(grpc::ServerBuilder* builder);
+// aid, so it is switched off for the whole process. (This once also sized gRPC's synchronous
+// thread pool; IssueCertificate has since moved to the callback API.)
+void PrepareIssuanceProcess();
 
 // Ends every client connection `age` after it opened (+/-10%, gRPC's jitter): a GOAWAY, then the
 // connection closes `grace` later, cutting a Watch stream that is still open. Proxies reconnect

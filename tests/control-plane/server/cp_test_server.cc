@@ -204,7 +204,7 @@ bool CpTestServer::Init(CpTestServerOptions options) {
   builder.AddListeningPort("127.0.0.1:0", grpc::experimental::TlsServerCredentials(tls_options),
                            &port_);
   builder.RegisterService(service_.get());
-  PrepareIssuanceServer(&builder);  // as control-plane/main.cc does
+  PrepareIssuanceProcess();  // as control-plane/main.cc does
   SetMaxConnectionAge(&builder, options.max_connection_age, options.max_connection_age_grace);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);

@@ -541,9 +541,8 @@ TEST_F(IdentityServiceTest, OverloadIsAnsweredWithRetryHintsNotTimeouts) {
   // A waiting call starts when the slot frees.
   ASSERT_TRUE(admission.AcquireSlot(false).status.ok());
   const std::string first_token = server_->NewJoinToken("spiffe://cluster.local/vm/queued");
-  auto queued = std::async(std::launch::async, [&] {
-    return server_->IssueWithJoinToken(NewWorkload(), first_token);
-  });
+  auto queued = std::async(std::launch::async,
+                           [&] { return server_->IssueWithJoinToken(NewWorkload(), first_token); });
   ASSERT_TRUE(Eventually([&] { return admission.waiting() == 1; }));
   admission.Release();
   IssueResult started = queued.get();
