@@ -494,6 +494,7 @@ int Run() {
   admin::HttpAdmin admin_http;
   admin_http.Handle("/metrics", [&] {
     std::string text = metrics.Render();
+    text += admission.RenderMetrics();
     if (mesh_configmaps) text += mesh_configmaps->RenderMetrics();
     if (webhook) text += webhook->RenderMetrics();
     return admin::HttpAdmin::Response{200, "text/plain; version=0.0.4", std::move(text)};

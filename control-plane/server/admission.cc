@@ -37,6 +37,29 @@ int IssuanceAdmission::waiting() const {
   return static_cast<int>(first_waiting_.size() + renewal_waiting_.size());
 }
 
+std::string IssuanceAdmission::RenderMetrics() const {
+  int in_flight = 0;
+  size_t first = 0;
+  size_t renewal = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    in_flight = in_flight_;
+    first = first_waiting_.size();
+    renewal = renewal_waiting_.size();
+  }
+  return absl::StrCat(
+      "# HELP trellis_cp_issuances_in_flight Issuances holding a signing slot now.\n"
+      "# TYPE trellis_cp_issuances_in_flight gauge\n"
+      "trellis_cp_issuances_in_flight ",
+      in_flight,
+      "\n"
+      "# HELP trellis_cp_issuances_waiting Issuances queued for a signing slot (first issuances "
+      "are served before renewals).\n"
+      "# TYPE trellis_cp_issuances_waiting gauge\n"
+      "trellis_cp_issuances_waiting{kind=\"first\"} ",
+      first, "\ntrellis_cp_issuances_waiting{kind=\"renewal\"} ", renewal, "\n");
+}
+
 bool IssuanceAdmission::TakeRateToken(const std::string& identity, absl::Duration* retry_after) {
   const absl::Time now = Now();
   absl::MutexLock lock(&rate_mu_);

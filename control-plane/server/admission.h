@@ -86,6 +86,10 @@ class IssuanceAdmission {
   int in_flight() const;
   int waiting() const;
 
+  // Prometheus text: trellis_cp_issuances_in_flight (slots held) and
+  // trellis_cp_issuances_waiting{kind="first"|"renewal"} (queued), gauges read now.
+  std::string RenderMetrics() const;
+
  private:
   struct Waiter {
     bool renewal;

@@ -21,6 +21,8 @@ namespace trellis::control_plane {
 //   trellis_cp_trust_bundle_roots                       gauge
 //   trellis_cp_deny_list_entries                        gauge
 //   trellis_cp_reloads_total{what,result}               counter (ca, deny_list)
+// IssuanceAdmission::RenderMetrics adds trellis_cp_issuances_in_flight and
+// trellis_cp_issuances_waiting{kind}; the ConfigMap sync and the webhook add their own.
 class ControlPlaneMetrics {
  public:
   static constexpr std::array<absl::string_view, 8> kResults = {

@@ -281,6 +281,39 @@ TEST(IssuanceAdmissionTest, SubmitReturnsAtOnceAndStartsTheWorkOnAWorkerThread) 
   EXPECT_EQ(admission.in_flight(), 0);
 }
 
+// /metrics shows the slots held and the queue by kind.
+TEST(IssuanceAdmissionTest, MetricsShowSlotsHeldAndTheQueueByKind) {
+  FakeClock clock;
+  AdmissionOptions options = Unlimited(&clock);
+  options.max_concurrent = 1;
+  options.reserved_for_first_issuance = 0;
+  options.first_issuance_wait = absl::Seconds(30);
+  options.renewal_wait = absl::Seconds(30);
+  IssuanceAdmission admission(options);
+  ASSERT_TRUE(admission.AcquireSlot(false).status.ok());
+  std::atomic<int> started{0};
+  auto ignore = [](IssuanceAdmission::Decision) {};
+  admission.Submit(
+      false, [&] { ++started; }, ignore);
+  admission.Submit(
+      true, [&] { ++started; }, ignore);
+  admission.Submit(
+      true, [&] { ++started; }, ignore);
+  const std::string text = admission.RenderMetrics();
+  EXPECT_THAT(text, HasSubstr("# TYPE trellis_cp_issuances_in_flight gauge\n"
+                              "trellis_cp_issuances_in_flight 1\n"));
+  EXPECT_THAT(text, HasSubstr("trellis_cp_issuances_waiting{kind=\"first\"} 1\n"));
+  EXPECT_THAT(text, HasSubstr("trellis_cp_issuances_waiting{kind=\"renewal\"} 2\n"));
+  admission.Release();  // the first issuance starts, then finishes; then the renewals, in turn
+  ASSERT_TRUE(Eventually([&] { return started.load() == 1; }));
+  admission.Release();
+  ASSERT_TRUE(Eventually([&] { return started.load() == 2; }));
+  admission.Release();
+  ASSERT_TRUE(Eventually([&] { return started.load() == 3; }));
+  admission.Release();
+  EXPECT_THAT(admission.RenderMetrics(), HasSubstr("trellis_cp_issuances_in_flight 0\n"));
+}
+
 // Stopping the control plane answers every queued call (UNAVAILABLE, retry) instead of leaving
 // it to the caller's deadline, and lets started work finish.
 TEST(IssuanceAdmissionTest, DestructionRefusesWhatStillWaits) {

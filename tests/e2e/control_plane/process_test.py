@@ -355,6 +355,9 @@ def test_lifecycle(ca_dir, tokens_file):
               f"trellis_cp_deny_list_entries = {metrics.get('trellis_cp_deny_list_entries')}, want 0")
         check((metrics.get("trellis_cp_ca_expiration_timestamp_seconds") or 0) > time.time(),
               "trellis_cp_ca_expiration_timestamp_seconds is not in the future")
+        check(metrics.get("trellis_cp_issuances_in_flight") == 0
+              and re.search(r'^trellis_cp_issuances_waiting\{kind="renewal"\} 0$', text, re.M),
+              "/metrics shows the admission queue (in flight 0, waiting renewals 0)")
 
         # --- the gRPC port: TLS from our own CA ---
         check_serving_tls(cp, ca_dir)
