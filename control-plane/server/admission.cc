@@ -146,14 +146,17 @@ IssuanceAdmission::Decision IssuanceAdmission::OverloadedLocked(absl::string_vie
   return decision;
 }
 
+IssuanceAdmission::Decision IssuanceAdmission::ShuttingDownLocked() {
+  return Decision{absl::UnavailableError("control plane shutting down; retry"), JitteredRetry()};
+}
+
 void IssuanceAdmission::Submit(bool renewal, std::function<void()> start,
                                std::function<void(Decision)> refuse) {
   Decision refusal;
   {
     absl::MutexLock lock(&mu_);
     if (stopping_) {
-      refusal.status = absl::UnavailableError("control plane shutting down; retry");
-      refusal.retry_after = JitteredRetry();
+      refusal = ShuttingDownLocked();
     } else if (CanStartLocked(renewal)) {
       ++in_flight_;
       ready_.push_back(std::move(start));
@@ -236,8 +239,7 @@ void IssuanceAdmission::TimerLoop() {
           queue->pop_front();
           Decision decision;
           if (stop) {
-            decision.status = absl::UnavailableError("control plane shutting down; retry");
-            decision.retry_after = JitteredRetry();
+            decision = ShuttingDownLocked();
           } else {
             decision = OverloadedLocked(
                 absl::StrCat("no signing slot within ",

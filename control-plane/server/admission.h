@@ -105,6 +105,7 @@ class IssuanceAdmission {
   // Moves every waiter that may start now to the workers' queue, taking its slot.
   void DispatchLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Decision OverloadedLocked(absl::string_view why, bool renewal) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Decision ShuttingDownLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void WorkerLoop();
   void TimerLoop();
 

@@ -189,8 +189,7 @@ grpc::ServerUnaryReactor* IdentityService::IssueCertificate(grpc::CallbackServer
   // single-use join token or a rate-limit token.
   absl::Duration ttl = absl::ZeroDuration();
   if (request->has_requested_ttl()) {
-    ttl = absl::Seconds(request->requested_ttl().seconds()) +
-          absl::Nanoseconds(request->requested_ttl().nanos());
+    ttl = ::trellis::proto::FromProto(request->requested_ttl());
     const ca::LocalSignerOptions& limits = ca_->signer()->options();
     if (ttl != absl::ZeroDuration() && (ttl < limits.min_ttl || ttl > limits.max_ttl)) {
       outcome.status = absl::InvalidArgumentError(absl::StrCat(
@@ -205,31 +204,28 @@ grpc::ServerUnaryReactor* IdentityService::IssueCertificate(grpc::CallbackServer
   // 0. May it run now? Bounded concurrency (first issuances before renewals) decided before any
   // expensive work, so refusing under overload is cheap. The work runs on the admission's worker
   // threads, never on gRPC's, and this call returns at once.
+  auto refuse = [this, context, reactor, start, renewal](IssuanceAdmission::Decision refusal) {
+    Outcome refused;
+    refused.status = refusal.status;
+    refused.retry_after = refusal.retry_after;
+    refused.authenticator = renewal ? "renewal" : "none";
+    reactor->Finish(FinishIssuance(metrics_, context, start, refused));
+  };
   admission_->Submit(
       renewal,
-      [this, context, request, response, reactor, start, ttl] {
-        grpc::Status status;
+      [this, context, request, response, reactor, start, ttl, refuse] {
         if (context->IsCancelled()) {
-          Outcome gone;
-          gone.status = absl::CancelledError(
-              "the caller gave up while waiting for a signing slot; nothing was issued");
-          gone.authenticator =
-              request->credential_case() == IssueCertificateRequest::CREDENTIAL_NOT_SET ? "renewal"
-                                                                                        : "none";
-          status = FinishIssuance(metrics_, context, start, gone);
-        } else {
-          status = IssueAdmitted(context, request, response, start, ttl);
+          admission_->Release();
+          refuse({absl::CancelledError(
+                      "the caller gave up while waiting for a signing slot; nothing was issued"),
+                  absl::ZeroDuration()});
+          return;
         }
+        const grpc::Status status = IssueAdmitted(context, request, response, start, ttl);
         admission_->Release();
         reactor->Finish(status);
       },
-      [this, context, reactor, start, renewal](IssuanceAdmission::Decision refusal) {
-        Outcome refused;
-        refused.status = refusal.status;
-        refused.retry_after = refusal.retry_after;
-        refused.authenticator = renewal ? "renewal" : "none";
-        reactor->Finish(FinishIssuance(metrics_, context, start, refused));
-      });
+      refuse);
   return reactor;
 }
 

@@ -65,6 +65,14 @@ AdmissionOptions Unlimited(FakeClock* clock) {
   return options;
 }
 
+// One signing slot, not reserved: the second caller always has to wait.
+AdmissionOptions OneSlot(FakeClock* clock) {
+  AdmissionOptions options = Unlimited(clock);
+  options.max_concurrent = 1;
+  options.reserved_for_first_issuance = 0;
+  return options;
+}
+
 TEST(IssuanceAdmissionTest, SlotsBoundConcurrency) {
   FakeClock clock;
   AdmissionOptions options = Unlimited(&clock);
@@ -95,9 +103,7 @@ TEST(IssuanceAdmissionTest, SlotsBoundConcurrency) {
 
 TEST(IssuanceAdmissionTest, RenewalWaitsAtMostRenewalWaitThenGetsJitteredRetry) {
   FakeClock clock;
-  AdmissionOptions options = Unlimited(&clock);
-  options.max_concurrent = 1;
-  options.reserved_for_first_issuance = 0;
+  AdmissionOptions options = OneSlot(&clock);
   options.renewal_wait = absl::Milliseconds(100);
   options.retry_base = absl::Seconds(2);
   IssuanceAdmission admission(options);
@@ -143,9 +149,7 @@ TEST(IssuanceAdmissionTest, FirstIssuanceTakesTheReservedSlotRenewalsCannot) {
 
 TEST(IssuanceAdmissionTest, FirstIssuancesAreServedBeforeWaitingRenewals) {
   FakeClock clock;
-  AdmissionOptions options = Unlimited(&clock);
-  options.max_concurrent = 1;
-  options.reserved_for_first_issuance = 0;
+  AdmissionOptions options = OneSlot(&clock);
   options.renewal_wait = absl::Seconds(10);
   options.first_issuance_wait = absl::Seconds(10);
   IssuanceAdmission admission(options);
@@ -229,9 +233,7 @@ TEST(IssuanceAdmissionTest, RateLimitsPerIdentityAndRefillsOverTime) {
 
 TEST(IssuanceAdmissionTest, RefusesAtOnceWhenTooManyAreWaiting) {
   FakeClock clock;
-  AdmissionOptions options = Unlimited(&clock);
-  options.max_concurrent = 1;
-  options.reserved_for_first_issuance = 0;
+  AdmissionOptions options = OneSlot(&clock);
   options.first_issuance_wait = absl::Seconds(10);
   options.max_waiting = 0;
   IssuanceAdmission admission(options);
@@ -249,9 +251,7 @@ TEST(IssuanceAdmissionTest, RefusesAtOnceWhenTooManyAreWaiting) {
 // threads, at once when a slot is free, later when one frees.
 TEST(IssuanceAdmissionTest, SubmitReturnsAtOnceAndStartsTheWorkOnAWorkerThread) {
   FakeClock clock;
-  AdmissionOptions options = Unlimited(&clock);
-  options.max_concurrent = 1;
-  options.reserved_for_first_issuance = 0;
+  AdmissionOptions options = OneSlot(&clock);
   options.first_issuance_wait = absl::Seconds(30);
   IssuanceAdmission admission(options);
 
@@ -284,9 +284,7 @@ TEST(IssuanceAdmissionTest, SubmitReturnsAtOnceAndStartsTheWorkOnAWorkerThread) 
 // /metrics shows the slots held and the queue by kind.
 TEST(IssuanceAdmissionTest, MetricsShowSlotsHeldAndTheQueueByKind) {
   FakeClock clock;
-  AdmissionOptions options = Unlimited(&clock);
-  options.max_concurrent = 1;
-  options.reserved_for_first_issuance = 0;
+  AdmissionOptions options = OneSlot(&clock);
   options.first_issuance_wait = absl::Seconds(30);
   options.renewal_wait = absl::Seconds(30);
   IssuanceAdmission admission(options);
@@ -318,9 +316,7 @@ TEST(IssuanceAdmissionTest, MetricsShowSlotsHeldAndTheQueueByKind) {
 // it to the caller's deadline, and lets started work finish.
 TEST(IssuanceAdmissionTest, DestructionRefusesWhatStillWaits) {
   FakeClock clock;
-  AdmissionOptions options = Unlimited(&clock);
-  options.max_concurrent = 1;
-  options.reserved_for_first_issuance = 0;
+  AdmissionOptions options = OneSlot(&clock);
   options.first_issuance_wait = absl::Seconds(30);
   std::atomic<int> refused_shutting_down{0};
   std::atomic<int> started{0};
