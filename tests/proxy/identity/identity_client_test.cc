@@ -162,7 +162,11 @@ TEST_F(IdentityClientTest, ShortLivedCertificatesRotateAndRenewWithTheCertificat
   // A single-use join token: every renewal after the first must use the certificate.
   options.join_token_file =
       WriteFile("join", server_->NewJoinToken("spiffe://cluster.local/vm/billing", true));
-  options.requested_ttl = absl::Seconds(2);
+  // X.509 validity has whole seconds, so a certificate lives between ttl-1 s and ttl; and the
+  // client never renews sooner than RefreshPolicy::min_delay (1 s) after receiving one. With
+  // 2 s a certificate could live just over 1 s and expire before its renewal went out (seen in
+  // about 1 run in 12 under load). 4 s leaves renewal at ~1.5-2 s and at least 1 s to spare.
+  options.requested_ttl = absl::Seconds(4);
   auto client = *IdentityClient::Create(options, &store_, &stats_);
   client->Start();
   ASSERT_TRUE(client->WaitForFirstCertificate(absl::Seconds(10)));
